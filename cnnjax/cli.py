@@ -1,0 +1,110 @@
+"""The `cnnjax` command line: `cnnjax train|models [flags]`.
+
+    cnnjax train --config=configs/lenet5_fashion_mnist.py --workdir=runs/lenet5 \\
+        [--config.optimizer.learning_rate=0.002] [--config=configs/x.py:smoke]
+    cnnjax models [--json]
+
+Problems the user can fix (bad flags, unknown names, missing data, an incompatible workdir)
+print one line on stderr and exit with status 2; nothing in the workdir is deleted.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from cnnjax.errors import UserError
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Recipe file, e.g. configs/lenet5_fashion_mnist.py or file.py:arg=value."
+)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Run directory: checkpoints, logs and results; rerun to resume."
+)
+_JSON = flags.DEFINE_bool("json", False, "models: print a JSON list instead of a table.")
+
+USAGE = "usage: cnnjax {train,models} [flags]  (cnnjax COMMAND --help for the flags)"
+
+
+def _fail(command: str, message: str) -> None:
+    print(f"cnnjax {command}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _parse_flags(argv: list[str], command: str) -> list[str]:
+    """absl's parser, but a bad flag or override is one line, not a usage dump."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        _fail(command, f"{error} (check the flag name and value; --helpfull lists them)")
+    except UserError as error:
+        _fail(command, str(error))
+    except (FileNotFoundError, SyntaxError, ImportError, AttributeError) as error:
+        _fail(command, f"cannot load --config: {error}")
+    return []
+
+
+def _train(argv: list[str]) -> None:
+    del argv
+    if _CONFIG.value is None or not _WORKDIR.value:
+        _fail("train", "--config=FILE and --workdir=DIR are both required")
+    from cnnjax.train import (
+        train_and_evaluate,  # heavy imports only for the command that needs them
+    )
+
+    workdir = os.path.abspath(_WORKDIR.value)
+    results = train_and_evaluate(_CONFIG.value, workdir)
+    print(
+        f"\ntest accuracy {results['test_accuracy']:.4f} after {results['epochs']:.1f} epochs "
+        f"({results['steps']} steps, {results['wall_seconds']:.0f} s)\n"
+        f"  results:     {workdir}/results.json\n"
+        f"  metrics:     {workdir}/metrics.jsonl\n"
+        f"  checkpoints: {workdir}/checkpoints\n"
+        f"  tensorboard: {workdir}/tensorboard   (tensorboard --logdir {workdir}/tensorboard)\n"
+        f"  plots:       {workdir}/curves.png"
+    )
+
+
+def _models(argv: list[str]) -> None:
+    del argv
+    from cnnjax.models.inventory import describe_models
+
+    rows = describe_models()
+    if _JSON.value:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"{'name':<16} {'params':>14}  input_shape")
+    for row in rows:
+        shape = "x".join(str(d) for d in row["input_shape"])
+        print(f"{row['name']:<16} {row['params']:>14,}  {shape}")
+
+
+COMMANDS = {"train": _train, "models": _models}
+
+
+def _main(argv: list[str], command: str) -> None:
+    try:
+        COMMANDS[command](argv)
+    except UserError as error:
+        _fail(command, str(error))
+
+
+def run() -> None:
+    """Entry point of the `cnnjax` console script."""
+    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+        print(USAGE, file=sys.stderr)
+        sys.exit(2)
+    command = sys.argv.pop(1)
+    app.run(
+        functools.partial(_main, command=command),
+        flags_parser=functools.partial(_parse_flags, command=command),
+    )
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,91 @@
+"""Shared defaults of every recipe in `configs/`, and the `file.py:key=value` argument parser.
+
+Recipes start from `get_base_config()` and change what differs; every key that later issues and
+sweeps rely on is defined here, so `--config.x=y` overrides never meet a missing key.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from cnnjax.errors import UserError
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+    """The defaults: LeNet-5 on Fashion-MNIST with Adam; recipes override what they change."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "lenet5"
+    config.model.activation = "relu"
+    config.model.normalization = "none"
+    config.model.dropout_rate = 0.0
+    # Further family-specific options (e.g. {"pooling": "average"}) passed to models.create.
+    config.model.options = ml_collections.ConfigDict()
+
+    config.data = ml_collections.ConfigDict()
+    config.data.name = "fashion_mnist"
+    config.data.train_split = "train"  # TFDS split strings: e.g. "train[:10%]" for a subset
+    config.data.eval_split = "test"
+    config.data.batch_size = 128
+    config.data.eval_batch_size = 1000
+    config.data.augment = ml_collections.ConfigDict()
+    config.data.augment.random_crop_padding = 0  # pixels; 0 disables random crops
+    config.data.augment.horizontal_flip = False
+    config.data.augment.normalize = True  # per-channel mean/std of the training split
+    # TFDS data directory; None means $TFDS_DATA_DIR or ~/tensorflow_datasets.
+    config.data.data_dir = ml_collections.config_dict.placeholder(str)
+    # Folder of raw source files for offline preparation (the IDX .gz files of Fashion-MNIST);
+    # None means $CNNJAX_DATA_SOURCE_DIR or /usr/share/datasets/fashion-mnist.
+    config.data.source_dir = ml_collections.config_dict.placeholder(str)
+    config.data.download = False  # let TFDS download the dataset when it is missing (online)
+
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.name = "adam"  # sgd, momentum, nesterov, adam, adamw, rmsprop
+    config.optimizer.learning_rate = 1e-3  # peak learning rate of the schedule
+    config.optimizer.momentum = 0.9  # momentum / nesterov / rmsprop momentum
+    config.optimizer.weight_decay = 0.0  # never applied to biases or normalization scales
+    config.optimizer.schedule = "constant"  # constant, cosine, warmup_cosine, step
+    config.optimizer.warmup_epochs = 0.0
+    config.optimizer.decay_epochs = (30, 60, 80)  # step schedule: boundaries in epochs
+    config.optimizer.decay_factor = 0.1  # step schedule: factor at each boundary
+    config.optimizer.grad_clip_norm = 0.0  # 0 disables clipping by global norm
+    config.optimizer.label_smoothing = 0.0
+
+    config.train = ml_collections.ConfigDict()
+    config.train.epochs = 10
+    config.train.steps = ml_collections.config_dict.placeholder(int)  # optional cap on steps
+    config.train.log_every_steps = 50
+    config.train.eval_every_epochs = 1
+    config.train.checkpoint_every_steps = 500
+    config.train.keep_best_checkpoints = 2  # best by test accuracy, besides the latest
+    return config
+
+
+def parse_arg(arg: str | None, **defaults):
+    """Parses the `key=value,key2=value2` argument of `file.py:arg` into typed values.
+
+    Each key must be one of `defaults`; a value is converted to the type of its default
+    (`smoke` alone means `smoke=True`). Returns an `ml_collections.ConfigDict`.
+    """
+    parsed = ml_collections.ConfigDict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        key, _, value = item.partition("=")
+        if key not in defaults:
+            raise UserError(
+                f"unknown config argument {key!r}: this config takes {', '.join(defaults)}"
+            )
+        default = defaults[key]
+        if isinstance(default, bool):
+            parsed[key] = value.lower() in ("", "1", "true", "yes")
+        elif default is None:
+            parsed[key] = value
+        else:
+            try:
+                parsed[key] = type(default)(value)
+            except ValueError:
+                raise UserError(
+                    f"config argument {key}={value!r} is not a {type(default).__name__}"
+                ) from None
+    return parsed

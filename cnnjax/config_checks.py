@@ -1,0 +1,52 @@
+"""Checks of a resolved config before any work starts: each problem is one line with its fix."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from cnnjax import models
+from cnnjax.errors import UserError
+from cnnjax.models.layers import NORMALIZATIONS, check_choice, get_activation
+from cnnjax.train.optim import OPTIMIZERS, SCHEDULES
+
+
+def _positive(value, key: str, *, allow_zero: bool = False) -> None:
+    if value is None or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise UserError(f"config.{key} must be {bound} (got {value}): set --config.{key}=...")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Raises UserError for the first invalid setting of `config`."""
+    from cnnjax.data import KNOWN_DATASETS  # the data stage imports TFDS: only when needed
+
+    models.registry.get_spec(config.model.name)
+    get_activation(config.model.activation)
+    check_choice("normalization", config.model.normalization, NORMALIZATIONS)
+    if not 0.0 <= config.model.dropout_rate < 1.0:
+        raise UserError(
+            f"config.model.dropout_rate must be in [0, 1) (got {config.model.dropout_rate})"
+        )
+    if config.data.name not in KNOWN_DATASETS:
+        raise UserError(
+            f"unknown dataset {config.data.name!r}: choose one of {', '.join(KNOWN_DATASETS)}"
+        )
+    _positive(config.data.batch_size, "data.batch_size")
+    _positive(config.data.eval_batch_size, "data.eval_batch_size")
+    _positive(
+        config.data.augment.random_crop_padding, "data.augment.random_crop_padding", allow_zero=True
+    )
+    check_choice("optimizer", config.optimizer.name, OPTIMIZERS)
+    check_choice("schedule", config.optimizer.schedule, SCHEDULES)
+    _positive(config.optimizer.learning_rate, "optimizer.learning_rate")
+    _positive(config.optimizer.weight_decay, "optimizer.weight_decay", allow_zero=True)
+    _positive(config.optimizer.warmup_epochs, "optimizer.warmup_epochs", allow_zero=True)
+    if not 0.0 <= config.optimizer.label_smoothing < 1.0:
+        raise UserError("config.optimizer.label_smoothing must be in [0, 1)")
+    _positive(config.train.epochs, "train.epochs")
+    if config.train.steps is not None:
+        _positive(config.train.steps, "train.steps")
+    _positive(config.train.log_every_steps, "train.log_every_steps")
+    _positive(config.train.eval_every_epochs, "train.eval_every_epochs")
+    _positive(config.train.checkpoint_every_steps, "train.checkpoint_every_steps")
+    _positive(config.train.keep_best_checkpoints, "train.keep_best_checkpoints")

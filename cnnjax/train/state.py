@@ -1,0 +1,64 @@
+"""The train state and its creation: params, batch statistics, optimizer state, step, key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+
+
+class TrainState(train_state.TrainState):
+    """Flax's TrainState plus BatchNorm statistics and the run's base random key.
+
+    `key` holds raw uint32 key data (not a typed key) so that Orbax stores it as a plain array;
+    steps derive their randomness from `fold_in(key, step)`, so a resumed run draws exactly the
+    numbers an uninterrupted run would.
+    """
+
+    batch_stats: Any
+    key: jax.Array
+
+
+def create_train_state(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    *,
+    input_shape: tuple[int, ...],
+    seed: int,
+) -> TrainState:
+    """Initializes a TrainState for `model` on inputs of `input_shape` ([H, W, C]).
+
+    The initial parameters depend only on `seed` (through its `init` key); the dropout key is a
+    separate purpose-named key, so changing the dropout rate does not change the initialization.
+    """
+    init_key, step_key = jax.random.split(jax.random.key(seed))
+    dummy = jnp.zeros((1, *input_shape), jnp.float32)
+    variables = jax.jit(lambda k: model.init(k, dummy, train=False))(init_key)
+    state = TrainState.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        batch_stats=variables.get("batch_stats", {}),
+        tx=tx,
+        key=jax.random.key_data(step_key),
+    )
+    # A Python int step would be weakly typed and make the second step compile again.
+    return state.replace(step=jnp.zeros((), jnp.int32))
+
+
+def abstract_train_state(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    *,
+    input_shape: tuple[int, ...],
+) -> TrainState:
+    """Shapes and dtypes of the TrainState, without allocating it (a restore target)."""
+    return jax.eval_shape(lambda: create_train_state(model, tx, input_shape=input_shape, seed=0))
+
+
+def count_params(params) -> int:
+    """Number of scalar parameters in a parameter tree."""
+    return int(sum(leaf.size for leaf in jax.tree.leaves(params)))

@@ -1,0 +1,29 @@
+"""LeNet-5 on Fashion-MNIST: the default recipe.
+
+    cnnjax train --config=configs/lenet5_fashion_mnist.py --workdir=runs/lenet5_fashion_mnist
+
+Reaches TEST_ACCURACY_PLACEHOLDER
+Variant `:smoke` trains 40 steps on 2,560 examples (a few seconds; used by the tests).
+"""
+
+from cnnjax.config_base import get_base_config, parse_arg
+
+
+def get_config(arg: str | None = None):
+    args = parse_arg(arg, smoke=False)
+    config = get_base_config()
+    config.model.name = "lenet5"
+    config.model.activation = "relu"
+    config.data.name = "fashion_mnist"
+    config.data.batch_size = 128
+    config.optimizer.name = "adam"
+    config.optimizer.learning_rate = 2e-3
+    config.optimizer.schedule = "cosine"
+    config.train.epochs = 8
+    if args.smoke:
+        config.data.train_split = "train[:2560]"
+        config.data.eval_split = "test[:1000]"
+        config.train.epochs = 2
+        config.train.log_every_steps = 5
+        config.train.checkpoint_every_steps = 7
+    return config

@@ -1,0 +1,124 @@
+"""Models: the course's hand-computed convolution, LeNet-5's size, the registry's errors."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cnnjax import models
+from cnnjax.errors import UserError
+from cnnjax.models.layers import ConvBlock, Normalization, pool
+
+IMAGE = [[0, 1, 0, 1], [0, 1, 0, 1], [1, 1, 1, 1], [0, -2, 0, -2]]
+VERTICAL = [[-0.5, 1, -0.5]] * 3
+HORIZONTAL = [[-0.5, -0.5, -0.5], [1, 1, 1], [-0.5, -0.5, -0.5]]
+
+
+def test_course_convolution_exercise_through_conv_block_and_pool():
+    block = ConvBlock(features=2, kernel_size=3, activation="identity")
+    x = jnp.asarray(IMAGE, jnp.float32)[None, :, :, None]  # [1, 4, 4, 1]
+    kernel = jnp.stack([jnp.asarray(VERTICAL), jnp.asarray(HORIZONTAL)], axis=-1)[:, :, None, :]
+    params = {"Conv_0": {"kernel": kernel, "bias": jnp.zeros(2)}}
+    out = block.apply({"params": params}, x, train=False)  # [1, 2, 2, 2]
+    np.testing.assert_allclose(out[0, :, :, 0], [[2, -2], [-1, 1]])
+    np.testing.assert_allclose(out[0, :, :, 1], [[-1, -0.5], [3.5, 4]])
+    np.testing.assert_allclose(pool(out, "max", window=2, stride=2)[0, 0, 0], [2, 4])
+    np.testing.assert_allclose(pool(out, "average", window=2, stride=2)[0, 0, 0], [0, 1.5])
+
+
+@pytest.mark.parametrize("kind", ["max", "average"])
+def test_reshape_pooling_equals_reduce_window(kind):
+    import flax.linen as nn
+
+    x = jax.random.normal(jax.random.key(0), (2, 8, 12, 3))
+    reference = (nn.max_pool if kind == "max" else nn.avg_pool)(x, (2, 2), strides=(2, 2))
+    np.testing.assert_allclose(pool(x, kind, window=2, stride=2), reference, rtol=1e-6)
+    # Overlapping windows (AlexNet's 3x3 stride 2) fall back to reduce_window.
+    reference = (nn.max_pool if kind == "max" else nn.avg_pool)(x, (3, 3), strides=(2, 2))
+    np.testing.assert_allclose(pool(x, kind, window=3, stride=2), reference, rtol=1e-6)
+
+
+def _init(model, shape=(2, 28, 28, 1)):
+    return model.init(jax.random.key(0), jnp.zeros(shape), train=False)
+
+
+def _count(tree):
+    return sum(leaf.size for leaf in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize("shape", [(1, 32, 32, 1), (1, 28, 28, 1)])
+def test_lenet5_has_61706_parameters(shape):
+    assert _count(_init(models.create("lenet5"), shape)["params"]) == 61_706
+
+
+def test_lenet5_initial_loss_is_near_ln10():
+    from cnnjax.train.steps import cross_entropy
+
+    model = models.create("lenet5")
+    images = jax.random.normal(jax.random.key(1), (256, 28, 28, 1))
+    labels = jax.random.randint(jax.random.key(2), (256,), 0, 10)
+    logits = model.apply(_init(model), images, train=False)
+    loss = cross_entropy(logits, labels, num_classes=10).mean()
+    assert abs(float(loss) - math.log(10)) < 0.1
+
+
+@pytest.mark.parametrize("normalization", ["none", "batch", "layer", "instance", "group"])
+@pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid", "leaky_relu"])
+def test_lenet5_switches_give_finite_logits(normalization, activation):
+    model = models.create(
+        "lenet5", normalization=normalization, activation=activation, pooling="average"
+    )
+    variables = _init(model)
+    x = jax.random.normal(jax.random.key(0), (2, 28, 28, 1))
+    logits, _ = model.apply(
+        variables, x, train=True, rngs={"dropout": jax.random.key(1)}, mutable=["batch_stats"]
+    )
+    assert logits.shape == (2, 10) and bool(jnp.isfinite(logits).all())
+    assert ("batch_stats" in variables) == (normalization == "batch")
+
+
+def test_dropout_acts_only_in_training():
+    model = models.create("lenet5", dropout_rate=0.5)
+    variables = _init(model)
+    x = jax.random.normal(jax.random.key(0), (4, 28, 28, 1))
+    eval_a = model.apply(variables, x, train=False)
+    eval_b = model.apply(variables, x, train=False)
+    train_a = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(1)})
+    train_b = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(2)})
+    np.testing.assert_array_equal(eval_a, eval_b)
+    assert float(jnp.abs(train_a - train_b).max()) > 1e-3
+
+
+def test_group_norm_uses_a_divisor_of_narrow_channel_counts():
+    x = jax.random.normal(jax.random.key(0), (2, 4, 4, 6))
+    variables = Normalization("group", num_groups=32).init(jax.random.key(0), x, train=True)
+    y = Normalization("group", num_groups=32).apply(variables, x, train=True)
+    # 6 channels -> 6 groups of one channel: each channel of each example is standardized.
+    np.testing.assert_allclose(y.mean(axis=(1, 2)), 0, atol=1e-5)
+
+
+def test_unknown_model_lists_the_known_ones():
+    with pytest.raises(UserError, match=r"unknown model 'lenet7': choose one of .*lenet5"):
+        models.create("lenet7")
+
+
+def test_unknown_option_lists_the_family_options():
+    with pytest.raises(UserError, match=r"no option depth: its options are activation"):
+        models.create("lenet5", depth=3)
+
+
+def test_unknown_activation_and_normalization_fail_clearly():
+    x = jnp.zeros((1, 28, 28, 1))
+    with pytest.raises(UserError, match="unknown activation 'relu6'"):
+        models.create("lenet5", activation="relu6").init(jax.random.key(0), x, train=False)
+    with pytest.raises(UserError, match="unknown normalization 'batchnorm'"):
+        models.create("lenet5", normalization="batchnorm").init(jax.random.key(0), x, train=False)
+
+
+def test_inventory_lists_lenet5_with_its_count():
+    from cnnjax.models.inventory import describe_models
+
+    rows = {row["name"]: row for row in describe_models()}
+    assert rows["lenet5"] == {"name": "lenet5", "params": 61_706, "input_shape": [32, 32, 1]}
