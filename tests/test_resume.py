@@ -1,4 +1,4 @@
-"""kill -9 at a random point, rerun the same command: the same numbers as a run that never stopped."""
+"""kill -9 at a random point, rerun the same command: the numbers of a run that never stopped."""
 
 import json
 import os

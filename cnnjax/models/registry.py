@@ -70,7 +70,8 @@ def create(name: str, **options: Any) -> nn.Module:
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise UserError(
-            f"model {name!r} has no option {', '.join(unknown)}: its options are {', '.join(accepted)}"
+            f"model {name!r} has no option {', '.join(unknown)}: "
+            f"its options are {', '.join(accepted)}"
         )
     return spec.build(**options)
 
