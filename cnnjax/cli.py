@@ -15,7 +15,7 @@ import json
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from cnnjax.errors import UserError
@@ -88,6 +88,9 @@ COMMANDS = {"train": _train, "models": _models}
 
 
 def _main(argv: list[str], command: str) -> None:
+    if not flags.FLAGS["verbosity"].present:
+        # Orbax and TFDS log every step of their work at INFO; --verbosity=0 shows it.
+        logging.set_verbosity(logging.WARNING)
     try:
         COMMANDS[command](argv)
     except UserError as error:

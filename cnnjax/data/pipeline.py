@@ -1,0 +1,181 @@
+"""Deterministic, vectorized input pipeline over a split held in memory.
+
+The batch of global step `s` is a pure function of (seed, epoch = s // steps_per_epoch, position
+in the epoch): the epoch's order comes from a generator seeded with (seed, epoch) and the
+batch's augmentation from one seeded with (seed, epoch, batch index). A run resumed at any step
+therefore sees exactly the batches of a run that never stopped. Whole batches are augmented with
+numpy at once (per-example maps reach only 1k-17k images/s) in a background thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+
+from cnnjax.data.sources import Split
+
+Batch = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Training-time augmentation switches (evaluation only normalizes)."""
+
+    random_crop_padding: int = 0  # zero-pad by this many pixels, then crop back at random; 0: off
+    horizontal_flip: bool = False
+    normalize: bool = True  # (x / 255 - mean) / std with the training split's channel statistics
+
+
+def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation of `images` / 255, float32 [C] each."""
+    pixels = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
+    return pixels.mean(0).astype(np.float32), pixels.std(0).astype(np.float32)
+
+
+def to_float(images: np.ndarray, mean: np.ndarray, std: np.ndarray, normalize: bool) -> np.ndarray:
+    """uint8 [B, H, W, C] -> float32, scaled to [0, 1] and optionally standardized."""
+    x = images.astype(np.float32) * np.float32(1 / 255)
+    return (x - mean) / std if normalize else x
+
+
+def random_crop(images: np.ndarray, padding: int, rng: np.random.Generator) -> np.ndarray:
+    """Zero-pads [B, H, W, C] by `padding` and crops each image back at a random offset."""
+    batch, height, width, _ = images.shape
+    padded = np.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    dy, dx = rng.integers(0, 2 * padding + 1, size=(2, batch))
+    rows = dy[:, None] + np.arange(height)  # [B, H]
+    cols = dx[:, None] + np.arange(width)  # [B, W]
+    return padded[np.arange(batch)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def random_flip(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Mirrors a random half (on average) of the images left to right."""
+    flip = rng.random(images.shape[0]) < 0.5
+    return np.where(flip[:, None, None, None], images[:, :, ::-1], images)
+
+
+class TrainBatches:
+    """Infinite training batches {'image': float32 [B, H, W, C], 'label': int32 [B]}.
+
+    The remainder of each epoch (N mod batch_size examples, different ones each epoch) is
+    dropped so that every step has the same shape. Iterating starts at `start_step`.
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        *,
+        batch_size: int,
+        seed: int,
+        augment: AugmentConfig,
+        mean: np.ndarray,
+        std: np.ndarray,
+        start_step: int = 0,
+        prefetch: int = 3,
+    ):
+        self.split, self.batch_size, self.seed = split, batch_size, seed
+        self.augment, self.mean, self.std = augment, mean, std
+        self.start_step, self.prefetch = start_step, prefetch
+        self.steps_per_epoch = len(split.labels) // batch_size
+        self._order_epoch, self._order = -1, None
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The permutation of example indices for `epoch`."""
+        if epoch != self._order_epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            self._order, self._order_epoch = rng.permutation(len(self.split.labels)), epoch
+        return self._order
+
+    def batch_at(self, step: int) -> Batch:
+        """The batch of global step `step`."""
+        epoch, position = divmod(step, self.steps_per_epoch)
+        indices = self.order(epoch)[position * self.batch_size : (position + 1) * self.batch_size]
+        images = self.split.images[indices]
+        rng = np.random.default_rng([self.seed, epoch, position, 1])
+        if self.augment.random_crop_padding:
+            images = random_crop(images, self.augment.random_crop_padding, rng)
+        if self.augment.horizontal_flip:
+            images = random_flip(images, rng)
+        return {
+            "image": to_float(images, self.mean, self.std, self.augment.normalize),
+            "label": self.split.labels[indices],
+        }
+
+    def __iter__(self) -> Iterator[Batch]:
+        step = self.start_step
+        return _background(lambda: self._generate(step), self.prefetch)
+
+    def _generate(self, step: int) -> Iterator[Batch]:
+        while True:
+            yield self.batch_at(step)
+            step += 1
+
+
+def eval_batches(
+    split: Split, *, batch_size: int, augment: AugmentConfig, mean: np.ndarray, std: np.ndarray
+) -> Iterator[Batch]:
+    """Every example of `split` once, in order; the last batch is zero-padded to `batch_size`.
+
+    Each batch has 'mask' float32 [B] (1 for real examples, 0 for padding) so that jitted
+    evaluation keeps one shape and still counts every example exactly once.
+    """
+    total = len(split.labels)
+    for start in range(0, total, batch_size):
+        images = split.images[start : start + batch_size]
+        labels = split.labels[start : start + batch_size]
+        real = len(labels)
+        if real < batch_size:
+            images = np.concatenate(
+                [images, np.zeros((batch_size - real, *images.shape[1:]), images.dtype)]
+            )
+            labels = np.concatenate([labels, np.zeros(batch_size - real, labels.dtype)])
+        mask = (np.arange(batch_size) < real).astype(np.float32)
+        yield {
+            "image": to_float(images, mean, std, augment.normalize),
+            "label": labels,
+            "mask": mask,
+        }
+
+
+_DONE = object()
+
+
+def _background(make_iterator, size: int) -> Iterator[Batch]:
+    """Runs the iterator from `make_iterator()` in a daemon thread, `size` items ahead.
+
+    An exception in the thread is raised in the consumer; the thread stops when the consumer
+    drops the iterator (checked whenever the queue is full).
+    """
+    items: queue.Queue = queue.Queue(maxsize=size)
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for item in make_iterator():
+                while not stop.is_set():
+                    try:
+                        items.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put(_DONE)
+        except BaseException as error:  # noqa: BLE001 (handed to the consumer)
+            items.put(error)
+
+    threading.Thread(target=produce, daemon=True, name="cnnjax-input").start()
+    try:
+        while True:
+            item = items.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()

@@ -1,0 +1,166 @@
+"""Datasets by TFDS name, read whole into memory: `load_split(name, split) -> Split`.
+
+Reading goes through `tfds` array_record data sources, which need no TensorFlow. A dataset that
+is not prepared yet is prepared offline from local IDX files where a local builder exists
+(Fashion-MNIST from Debian's `dataset-fashion-mnist`, MNIST from a folder the user names), or
+downloaded by TFDS when the user allows it; otherwise the error says how to get it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import os
+
+import numpy as np
+
+from cnnjax.errors import UserError
+
+KNOWN_DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100")
+# Where Debian's package dataset-fashion-mnist installs the IDX files.
+DEFAULT_SOURCE_DIRS = {"fashion_mnist": "/usr/share/datasets/fashion-mnist"}
+SOURCE_DIR_ENV = "CNNJAX_DATA_SOURCE_DIR"
+READ_CHUNK = 10_000  # records decoded per data-source call
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """One split in memory."""
+
+    images: np.ndarray  # uint8 [N, H, W, C]
+    labels: np.ndarray  # int32 [N]
+    num_classes: int
+
+
+def default_data_dir() -> str:
+    """TFDS's data directory: $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
+    return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+
+
+def resolve_source_dir(name: str, source_dir: str | None) -> str | None:
+    """The folder of local source files: the argument, $CNNJAX_DATA_SOURCE_DIR, or Debian's."""
+    return source_dir or os.environ.get(SOURCE_DIR_ENV) or DEFAULT_SOURCE_DIRS.get(name)
+
+
+def load_split(
+    name: str,
+    split: str,
+    *,
+    data_dir: str | None = None,
+    source_dir: str | None = None,
+    download: bool = False,
+) -> Split:
+    """Reads split `split` (a TFDS split string, e.g. 'train' or 'test[:10%]') of `name`."""
+    import tensorflow_datasets as tfds  # ~1 s to import: only when data is needed
+
+    if name not in KNOWN_DATASETS:
+        raise UserError(f"unknown dataset {name!r}: choose one of {', '.join(KNOWN_DATASETS)}")
+    data_dir = data_dir or default_data_dir()
+    try:
+        source = _data_source(tfds, name, split, data_dir)
+    except _NotPrepared:
+        _prepare(name, data_dir, source_dir, download)
+        source = _data_source(tfds, name, split, data_dir)
+    return _read_all(source, tfds.builder(name, data_dir=data_dir).info)
+
+
+class _NotPrepared(Exception):
+    pass
+
+
+def _data_source(tfds, name: str, split: str, data_dir: str):
+    """TFDS's random-access source of a prepared split (also what tfds.testing.mock_data fakes)."""
+    try:
+        return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    except (NotImplementedError, AssertionError, FileNotFoundError) as error:
+        if not tfds.builder(name, data_dir=data_dir).is_prepared():
+            raise _NotPrepared from error
+        raise UserError(
+            f"dataset {name!r} in {data_dir} was prepared as TFRecord, which cannot be read "
+            "without TensorFlow: prepare it into another --config.data.data_dir"
+        ) from None
+    except (ValueError, KeyError) as error:
+        raise UserError(
+            f"split {split!r} of {name!r} is not valid ({error}): use e.g. 'train', 'test' or "
+            "'train[:10%]'"
+        ) from None
+
+
+def _read_all(source, info) -> Split:
+    num_classes = info.features["label"].num_classes
+    images, labels = [], []
+    for start in range(0, len(source), READ_CHUNK):
+        keys = list(range(start, min(start + READ_CHUNK, len(source))))
+        try:
+            records = source.__getitems__(keys)  # batched reads: twice as fast as one by one
+        except TypeError:  # the source of tfds.testing.mock_data has no working __getitems__
+            records = [source[key] for key in keys]
+        images.append(np.stack([r["image"] for r in records]))
+        labels.append(np.array([r["label"] for r in records], np.int32))
+    if not images:
+        raise UserError("the requested split is empty: check --config.data.*_split")
+    return Split(np.concatenate(images), np.concatenate(labels), num_classes)
+
+
+def _prepare(name: str, data_dir: str, source_dir: str | None, download: bool) -> None:
+    """Prepares `name` in `data_dir` from local files or by download; one process at a time."""
+    from cnnjax.data.idx_builders import IDX_FILES, LOCAL_BUILDERS
+
+    folder = resolve_source_dir(name, source_dir)
+    local = (
+        name in LOCAL_BUILDERS
+        and folder is not None
+        and all(os.path.exists(os.path.join(folder, f)) for f in IDX_FILES)
+    )
+    if not local and not download:
+        raise _not_found(name, data_dir, folder)
+    os.makedirs(data_dir, exist_ok=True)
+    # Concurrent runs of a sweep may all find the dataset missing: the first prepares it, the
+    # others wait and then read it (TFDS writes into a temporary folder and renames it at the end,
+    # so an interrupted preparation never looks prepared).
+    with open(os.path.join(data_dir, f".{name}.prepare.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        import tensorflow_datasets as tfds
+
+        if tfds.builder(name, data_dir=data_dir).is_prepared():
+            return
+        if local:
+            builder = LOCAL_BUILDERS[name](
+                source_dir=folder, data_dir=data_dir, file_format="array_record"
+            )
+        else:
+            builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+        try:
+            builder.download_and_prepare()
+        except ModuleNotFoundError as error:
+            if "tensorflow" not in str(error):
+                raise
+            raise UserError(
+                f"preparing {name!r} with its stock TFDS builder needs TensorFlow: "
+                "pip install -e '.[tf]' (only the preparation needs it)"
+            ) from None
+        except OSError as error:
+            raise UserError(
+                f"could not download {name!r} ({type(error).__name__}): check the internet "
+                f"connection, or prepare it elsewhere and copy it into {data_dir}"
+            ) from None
+
+
+def _not_found(name: str, data_dir: str, folder: str | None) -> UserError:
+    if name == "fashion_mnist":
+        return UserError(
+            f"dataset 'fashion_mnist' is not prepared in {data_dir} and its IDX files are not in "
+            f"{folder}: run `apt-get install dataset-fashion-mnist`, set {SOURCE_DIR_ENV} (or "
+            "--config.data.source_dir) to a folder holding them, or pass "
+            "--config.data.download=True with internet access"
+        )
+    local_hint = (
+        f"set {SOURCE_DIR_ENV} (or --config.data.source_dir) to a folder with its IDX .gz "
+        "files, or "
+        if name == "mnist"
+        else ""
+    )
+    return UserError(
+        f"dataset {name!r} is not prepared in {data_dir}: {local_hint}pass "
+        "--config.data.download=True with internet access (TFDS downloads and prepares it)"
+    )
