@@ -85,8 +85,10 @@ def test_random_crop_only_shifts_content_within_the_padding():
 def test_random_flip_mirrors_exactly_the_flipped_images():
     images = np.random.default_rng(0).integers(0, 256, (200, 5, 5, 3), dtype=np.uint8)
     flipped = random_flip(images, np.random.default_rng(1))
-    mirrored = np.array([np.array_equal(f, i[:, ::-1]) for f, i in zip(flipped, images)])
-    kept = np.array([np.array_equal(f, i) for f, i in zip(flipped, images)])
+    mirrored = np.array(
+        [np.array_equal(f, i[:, ::-1]) for f, i in zip(flipped, images, strict=True)]
+    )
+    kept = np.array([np.array_equal(f, i) for f, i in zip(flipped, images, strict=True)])
     assert np.all(mirrored | kept) and 70 < mirrored.sum() < 130
 
 

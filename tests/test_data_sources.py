@@ -56,9 +56,7 @@ def test_unknown_dataset_lists_known_ones():
 
 def test_missing_dataset_fails_fast_with_the_fix(tmp_path):
     start = time.perf_counter()
-    with pytest.raises(
-        UserError, match="apt-get install dataset-fashion-mnist.*CNNJAX_DATA_SOURCE"
-    ):
+    with pytest.raises(UserError, match="apt-get install dataset-fashion-mnist.*CNNJAX_DATA"):
         load_split("fashion_mnist", "train", data_dir=str(tmp_path), source_dir=str(tmp_path))
     with pytest.raises(UserError, match="cifar10.*--config.data.download=True"):
         load_split("cifar10", "train", data_dir=str(tmp_path))
