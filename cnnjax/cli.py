@@ -40,25 +40,48 @@ def _parse_flags(argv: list[str], command: str) -> list[str]:
     """absl's parser, but a bad flag or override is one line, not a usage dump."""
     try:
         return flags.FLAGS(argv)
-    except flags.Error as error:
-        _fail(command, f"{error} (check the flag name and value; --helpfull lists them)")
     except UserError as error:
         _fail(command, str(error))
-    except (FileNotFoundError, SyntaxError, ImportError, AttributeError) as error:
-        _fail(command, f"cannot load --config: {error}")
+    except (KeyError, AttributeError, flags.UnrecognizedFlagError) as error:
+        _fail(
+            command,
+            f"unknown flag or config key ({_first_line(error)}): check the key against "
+            "the config file (overrides cannot add keys) or see --helpfull",
+        )
+    except flags.Error as error:
+        _fail(command, f"{_first_line(error)} (check the flag's value; --helpfull lists flags)")
+    except Exception as error:  # noqa: BLE001 (anything raised while running get_config)
+        _fail(command, f"cannot load --config ({type(error).__name__}: {_first_line(error)})")
     return []
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _config():
+    """The parsed config; a file that failed to load is reported when first used."""
+    try:
+        config = _CONFIG.value
+        config.keys()
+    except OSError as error:
+        lines = [line.strip() for line in str(error).splitlines() if "Errno" in line]
+        _fail("train", f"cannot load --config: {lines[0] if lines else _first_line(error)}")
+    return config
 
 
 def _train(argv: list[str]) -> None:
     del argv
     if _CONFIG.value is None or not _WORKDIR.value:
         _fail("train", "--config=FILE and --workdir=DIR are both required")
+    config = _config()
     from cnnjax.train import (
         train_and_evaluate,  # heavy imports only for the command that needs them
     )
 
     workdir = os.path.abspath(_WORKDIR.value)
-    results = train_and_evaluate(_CONFIG.value, workdir)
+    results = train_and_evaluate(config, workdir)
     print(
         f"\ntest accuracy {results['test_accuracy']:.4f} after {results['epochs']:.1f} epochs "
         f"({results['steps']} steps, {results['wall_seconds']:.0f} s)\n"
@@ -91,6 +114,8 @@ def _main(argv: list[str], command: str) -> None:
     if not flags.FLAGS["verbosity"].present:
         # Orbax and TFDS log every step of their work at INFO; --verbosity=0 shows it.
         logging.set_verbosity(logging.WARNING)
+    # TFDS suggests OpenCV at every read; Pillow decodes these small images fast enough.
+    logging.get_absl_logger().addFilter(lambda r: "OpenCV is not installed" not in r.getMessage())
     try:
         COMMANDS[command](argv)
     except UserError as error:

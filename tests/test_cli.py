@@ -30,11 +30,14 @@ def _assert_one_line_error(result, pattern: str) -> None:
 BAD_INPUTS = [
     (["--config.model.name=lenet7"], "unknown model 'lenet7': choose one of"),
     (["--config.data.name=imagenet9"], "unknown dataset 'imagenet9': choose one of"),
-    (["--config.optimizer.learning_rate=abc"], "learning_rate"),
-    (["--config.optimizer.lr=0.1"], "lr"),
+    (["--config.optimizer.learning_rate=abc"], "could not convert string to float: 'abc'"),
+    (["--config=configs/missing.py"], "No such file or directory"),
+    ([f"--config={RECIPE}:smok"], "unknown config argument 'smok'"),
+    (["--config.optimizer.lr=0.1"], "unknown flag or config key"),
     (["--config.data.batch_size=0"], "config.data.batch_size must be > 0"),
     (["--config.model.activation=relu7"], "unknown activation 'relu7'"),
-    (["--config.model.options.depth=3"], "no option depth"),
+    (["--config.model.options.depth=3"], "unknown flag or config key"),
+    (["--config.model.options.pooling=median"], "unknown pooling 'median'"),
 ]
 
 
@@ -77,7 +80,7 @@ def test_incompatible_checkpoint_fails_and_deletes_nothing(tmp_path, data_dir):
         "train",
         f"--config={RECIPE}:smoke",
         f"--workdir={workdir}",
-        "--config.model.normalization=batch",
+        "--config.model.normalization=none",
     )
     _assert_one_line_error(result, "use a new --workdir")
     assert _snapshot(workdir) == before
