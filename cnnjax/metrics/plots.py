@@ -11,13 +11,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 def plot_curves(records: list[dict], path: str, *, title: str = "") -> str:
     """Draws loss and accuracy per epoch from metrics records into `path`; returns `path`."""
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    for split, style in (("train", "-"), ("test", "o-")):
+    # Epoch means of training (not the noisier per-log-step windows) against each evaluation.
+    for split, label, style in (("train_epoch", "train", "-"), ("test", "test", "o-")):
         rows = [r for r in records if r["split"] == split]
         if not rows:
             continue
         epochs = [r["epoch"] for r in rows]
-        loss_ax.plot(epochs, [r["loss"] for r in rows], style, label=split, markersize=4)
-        acc_ax.plot(epochs, [r["accuracy"] for r in rows], style, label=split, markersize=4)
+        loss_ax.plot(epochs, [r["loss"] for r in rows], style, label=label, markersize=4)
+        acc_ax.plot(epochs, [r["accuracy"] for r in rows], style, label=label, markersize=4)
     for ax, name in ((loss_ax, "loss"), (acc_ax, "accuracy")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)

@@ -177,7 +177,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(results, f, indent=2, sort_keys=True)
     plot_curves(
-        [r for r in read_metrics(workdir) if r["split"] in ("train_epoch", "test")],
+        read_metrics(workdir),
         os.path.join(workdir, "curves.png"),
         title=f"{config.model.name} on {config.data.name}",
     )
@@ -221,6 +221,11 @@ def _train(run: Run, record: dict, start: int, writer: MetricWriter) -> dict:
             )
             window_sums = steps.zero_metrics()
             mark = now
+            if timing["timed_steps"]:  # kept in the record so a finished run can report it
+                record["train_images_per_sec"] = (
+                    timing["timed_steps"] * batch_size / timing["train_seconds"]
+                )
+                record["compile_seconds"] = timing["compile_seconds"]
         if end_of_epoch:
             record["last_train"] = steps.summarize(_host(epoch_sums))
             writer.write(done, "train_epoch", {"epoch": run.epoch_of(done), **record["last_train"]})
@@ -241,11 +246,6 @@ def _train(run: Run, record: dict, start: int, writer: MetricWriter) -> dict:
             mark = time.perf_counter()
         progress.update(1)
     progress.close()
-    if timing["timed_steps"]:
-        record["train_images_per_sec"] = (
-            timing["timed_steps"] * batch_size / timing["train_seconds"]
-        )
-        record["compile_seconds"] = timing["compile_seconds"]
     return record
 
 
