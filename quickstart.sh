@@ -16,8 +16,8 @@ as_root() {
 }
 
 setup_venv() {
-  # Reinstall only when pyproject.toml changed since the last install.
-  local stamp="$VENV/.cnnjax-installed-$(sha1sum pyproject.toml | cut -c1-12)"
+  # Reinstall only when pyproject.toml or constraints.txt changed since the last install.
+  local stamp="$VENV/.cnnjax-installed-$(cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)"
   [ -f "$stamp" ] && return
   echo "[setup] creating $VENV with $PYTHON and installing cnnjax (first run: about 2 minutes)"
   if ! "$PYTHON" -m venv "$VENV" 2>/dev/null; then
@@ -26,7 +26,8 @@ setup_venv() {
     "$PYTHON" -m venv "$VENV"
   fi
   "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q -e ".[dev]"
+  # constraints.txt pins the versions the suite last passed with (JAX, Flax and Orbax APIs move).
+  "$VENV/bin/python" -m pip install -q -e ".[dev]" -c constraints.txt
   rm -f "$VENV"/.cnnjax-installed-*
   touch "$stamp"
 }
