@@ -2,7 +2,12 @@
 
     cnnjax train --config=configs/lenet5_fashion_mnist.py --workdir=runs/lenet5_fashion_mnist
 
-Reaches TEST_ACCURACY_PLACEHOLDER
+LeNet-5 (ReLU, max pooling, batch norm), Adam 2e-3 with cosine decay, batch 128, 15 epochs,
+horizontal flips. Measured on 2 CPU cores (JAX 0.10.2, 2026-11-24): test accuracy 0.9149 on the
+full Fashion-MNIST test split (the same number in two runs: training is deterministic), train
+accuracy 0.950; `cnnjax train` took 92 s with the dataset already prepared and 104 s on a fresh
+clone (about 10 s of that prepares the TFDS dataset from Debian's files; compile under 1 s),
+about 10.7k training images/s. Anchors: TensorFlow tutorial 2-conv net 0.916, ResNet-18 0.949.
 Variant `:smoke` trains 40 steps on 2,560 examples (a few seconds; used by the tests).
 """
 
