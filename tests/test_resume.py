@@ -98,3 +98,22 @@ def _leaves(tree):
     import jax
 
     return jax.tree.leaves(tree)
+
+
+def test_rerunning_a_finished_run_trains_nothing_and_reports_the_same(tmp_path, data_dir):
+    command = [
+        "train",
+        f"--config={RECIPE}:smoke",
+        f"--workdir={tmp_path}",
+        "--config.train.steps=10",
+    ]
+    assert run_cnnjax(*command).returncode == 0
+    first = json.loads((tmp_path / "results.json").read_text())
+    metrics = (tmp_path / "metrics.jsonl").read_text()
+    assert run_cnnjax(*command).returncode == 0
+    again = json.loads((tmp_path / "results.json").read_text())
+    assert again["resumed_from_step"] == 10 and again["steps"] == 10
+    assert {k: v for k, v in again.items() if k not in VOLATILE} == {
+        k: v for k, v in first.items() if k not in VOLATILE
+    }
+    assert (tmp_path / "metrics.jsonl").read_text() == metrics
