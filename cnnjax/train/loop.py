@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from cnnjax import data, models
 from cnnjax.config_checks import validate_config
+from cnnjax.errors import UserError
 from cnnjax.metrics import MetricWriter, plot_curves, read_metrics
 from cnnjax.train import steps
 from cnnjax.train.checkpoints import RunCheckpoints, model_signature
@@ -102,7 +103,10 @@ class Run:
         self.mean, self.std = data.channel_stats(self.train_split.images)
         self.steps_per_epoch = len(self.train_split.labels) // cfg.batch_size
         if self.steps_per_epoch == 0:
-            raise data_too_small(len(self.train_split.labels), cfg.batch_size)
+            raise UserError(
+                f"the training split has {len(self.train_split.labels)} examples, fewer than "
+                f"one batch of {cfg.batch_size}: lower --config.data.batch_size"
+            )
         self.total_steps = config.train.steps or config.train.epochs * self.steps_per_epoch
 
         num_classes = self.train_split.num_classes
@@ -187,7 +191,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def _train(run: Run, record: dict, start: int, writer: MetricWriter) -> dict:
     """The step loop from `start`; returns the record of the final state."""
     cfg, spe, total = run.config.train, run.steps_per_epoch, run.total_steps
-    batch_size = run.config.data.batch_size
     epoch_sums, window_sums = _device(record.get("epoch_sums")), _device(record.get("window_sums"))
     timing = {"train_seconds": 0.0, "timed_steps": 0, "compile_seconds": None}
     batches = device_prefetch(run.batches(start))
@@ -204,28 +207,13 @@ def _train(run: Run, record: dict, start: int, writer: MetricWriter) -> dict:
             mark = time.perf_counter()
         end_of_epoch = done % spe == 0 or done == total
         if done % cfg.log_every_steps == 0 or end_of_epoch:
-            window = steps.summarize(_host(window_sums))  # the only host sync between evals
-            now = time.perf_counter()
-            timing["train_seconds"] += now - mark
-            timed = done - start - 1 - timing["timed_steps"]
-            timing["timed_steps"] += timed
-            speed = timed * batch_size / max(now - mark, 1e-9)
-            writer.write(
-                done, "train", {"epoch": run.epoch_of(done), **window, "images_per_sec": speed}
-            )
-            progress.set_postfix(
-                loss=f"{window['loss']:.4f}",
-                acc=f"{window['accuracy']:.4f}",
-                img_s=f"{speed:,.0f}",
-                refresh=False,
-            )
+            mark = _log_window(run, writer, progress, done - start, done, window_sums, timing, mark)
             window_sums = steps.zero_metrics()
-            mark = now
-            if timing["timed_steps"]:  # kept in the record so a finished run can report it
-                record["train_images_per_sec"] = (
-                    timing["timed_steps"] * batch_size / timing["train_seconds"]
+            if "images_per_sec" in timing:  # in the record, so a finished run still reports it
+                record.update(
+                    train_images_per_sec=timing["images_per_sec"],
+                    compile_seconds=timing["compile_seconds"],
                 )
-                record["compile_seconds"] = timing["compile_seconds"]
         if end_of_epoch:
             record["last_train"] = steps.summarize(_host(epoch_sums))
             writer.write(done, "train_epoch", {"epoch": run.epoch_of(done), **record["last_train"]})
@@ -247,6 +235,28 @@ def _train(run: Run, record: dict, start: int, writer: MetricWriter) -> dict:
         progress.update(1)
     progress.close()
     return record
+
+
+def _log_window(run, writer, progress, steps_run, done, window_sums, timing, mark) -> float:
+    """Writes the mean loss/accuracy since the last log step; updates the speed in `timing`."""
+    window = steps.summarize(_host(window_sums))  # the only host sync between evaluations
+    now = time.perf_counter()
+    timed = steps_run - 1 - timing["timed_steps"]  # the first step (compilation) is not timed
+    timing["timed_steps"] += timed
+    timing["train_seconds"] += now - mark
+    speed = timed * run.config.data.batch_size / max(now - mark, 1e-9)
+    if timing["timed_steps"]:
+        timing["images_per_sec"] = (
+            timing["timed_steps"] * run.config.data.batch_size / timing["train_seconds"]
+        )
+    writer.write(done, "train", {"epoch": run.epoch_of(done), **window, "images_per_sec": speed})
+    progress.set_postfix(
+        loss=f"{window['loss']:.4f}",
+        acc=f"{window['accuracy']:.4f}",
+        img_s=f"{speed:,.0f}",
+        refresh=False,
+    )
+    return now
 
 
 def _save(run: Run, step: int, record: dict, epoch_sums, window_sums, metrics) -> None:
@@ -277,12 +287,3 @@ def _results(run: Run, record: dict, start: int, wall_seconds: float) -> dict:
         "compile_seconds": record.get("compile_seconds"),
         **environment(),
     }
-
-
-def data_too_small(num_examples: int, batch_size: int):
-    from cnnjax.errors import UserError
-
-    return UserError(
-        f"the training split has {num_examples} examples, fewer than one batch of {batch_size}: "
-        "lower --config.data.batch_size"
-    )
