@@ -121,4 +121,9 @@ def test_inventory_lists_lenet5_with_its_count():
     from cnnjax.models.inventory import describe_models
 
     rows = {row["name"]: row for row in describe_models()}
-    assert rows["lenet5"] == {"name": "lenet5", "params": 61_706, "input_shape": [32, 32, 1]}
+    assert rows["lenet5"] == {
+        "name": "lenet5",
+        "params": 61_706,
+        "macs": 416_520,
+        "input_shape": [32, 32, 1],
+    }

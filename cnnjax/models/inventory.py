@@ -1,11 +1,56 @@
-"""What `cnnjax models` lists: each variant's parameter count at its default input shape."""
+"""What `cnnjax models` lists: parameters and multiply-accumulates at the default input shape.
+
+MACs are counted the way the published figures are (torchvision, ptflops, fvcore): one per
+weight use in convolutions and dense layers, i.e. output elements x (kernel volume x input
+channels / groups) for a convolution and inputs x outputs for a dense layer, per example.
+Normalization, activation, pooling and additions are not counted.
+"""
 
 from __future__ import annotations
 
+import math
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from cnnjax.models.registry import create, default_input_shape, list_models
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates of one forward pass of `model` on one example of `input_shape`."""
+    total = 0
+
+    def count(next_fun, args, kwargs, context):
+        nonlocal total
+        output = next_fun(*args, **kwargs)
+        module = context.module
+        if context.method_name == "__call__" and isinstance(module, (nn.Conv, nn.ConvTranspose)):
+            kernel = (
+                module.kernel_size
+                if isinstance(module.kernel_size, (tuple, list))
+                else (module.kernel_size,)
+            )
+            in_features = args[0].shape[-1]
+            groups = getattr(module, "feature_group_count", 1)
+            per_output = math.prod(kernel) * in_features // groups
+            if isinstance(module, nn.ConvTranspose):
+                # Each input element is multiplied by the whole kernel once.
+                total += math.prod(args[0].shape[1:]) * math.prod(kernel) * module.features
+            else:
+                total += math.prod(output.shape[1:]) * per_output
+        elif context.method_name == "__call__" and isinstance(module, nn.Dense):
+            total += math.prod(output.shape[1:]) * args[0].shape[-1]
+        return output
+
+    dummy = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+
+    def forward(x):
+        with nn.intercept_methods(count):
+            return model.init(jax.random.key(0), x, train=False)  # init runs the forward pass
+
+    jax.eval_shape(forward, dummy)
+    return total
 
 
 def param_count(name: str, **options) -> int:
@@ -17,8 +62,16 @@ def param_count(name: str, **options) -> int:
 
 
 def describe_models() -> list[dict]:
-    """One dict per registered variant: name, params, input_shape."""
-    return [
-        {"name": n, "params": param_count(n), "input_shape": list(default_input_shape(n))}
-        for n in list_models()
-    ]
+    """One dict per registered variant: name, params, macs, input_shape."""
+    rows = []
+    for name in list_models():
+        shape = default_input_shape(name)
+        rows.append(
+            {
+                "name": name,
+                "params": param_count(name),
+                "macs": count_macs(create(name), shape),
+                "input_shape": list(shape),
+            }
+        )
+    return rows

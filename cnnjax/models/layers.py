@@ -97,26 +97,87 @@ def pool(x: jax.Array, kind: str, window: int, stride: int) -> jax.Array:
 class ConvBlock(nn.Module):
     """Convolution -> normalization -> activation, the unit every family stacks.
 
-    The bias is dropped when a normalization with its own shift follows (it would be redundant).
-    Flax's convolution is a cross-correlation, as in every deep learning library and the course.
+    Works in 1, 2 or 3 spatial dimensions (inferred from the input: [B, L, C], [B, H, W, C] or
+    [B, T, H, W, C]); an int kernel size, stride, padding or dilation applies to every spatial
+    axis. The bias is dropped when a normalization with its own shift follows (it would be
+    redundant). Flax's convolution is a cross-correlation, as in every deep learning library and
+    the course.
     """
 
     features: int
-    kernel_size: int
+    kernel_size: int | tuple[int, ...]
     strides: int = 1
     padding: str | int = "VALID"
     activation: str = "relu"
     normalization: str = "none"
+    dilation: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        padding = self.padding if isinstance(self.padding, str) else [(self.padding,) * 2] * 2
+        spatial = x.ndim - 2
+        kernel = self.kernel_size
+        kernel = (kernel,) * spatial if isinstance(kernel, int) else tuple(kernel)
+        padding = self.padding if isinstance(self.padding, str) else [(self.padding,) * 2] * spatial
         x = nn.Conv(
             self.features,
-            (self.kernel_size, self.kernel_size),
-            strides=(self.strides, self.strides),
+            kernel,
+            strides=(self.strides,) * spatial,
             padding=padding,
+            kernel_dilation=(self.dilation,) * spatial,
             use_bias=self.normalization == "none",
         )(x)
         x = Normalization(self.normalization)(x, train=train)
         return get_activation(self.activation)(x)
+
+
+class LocalResponseNorm(nn.Module):
+    """Local response normalization across channels (Krizhevsky et al. 2012, section 3.3).
+
+    b_c = a_c / (k + alpha * sum_{c' within size/2 of c} a_{c'}^2) ** beta, with the paper's
+    constants as defaults. Unlike PyTorch's LocalResponseNorm, alpha is not divided by `size`.
+    """
+
+    size: int = 5
+    alpha: float = 1e-4
+    beta: float = 0.75
+    k: float = 2.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        half = self.size // 2
+        window_sums = jax.lax.reduce_window(
+            x * x,
+            0.0,
+            jax.lax.add,
+            (1,) * (x.ndim - 1) + (self.size,),
+            (1,) * x.ndim,
+            [(0, 0)] * (x.ndim - 1) + [(half, self.size - 1 - half)],
+        )
+        return x / (self.k + self.alpha * window_sums) ** self.beta
+
+
+def adaptive_avg_pool(x: jax.Array, output_size: int) -> jax.Array:
+    """Averages [B, H, W, C] into [B, output_size, output_size, C] bins as in PyTorch.
+
+    Bin i covers rows floor(i * H / n) .. ceil((i + 1) * H / n); when H is a multiple of n this
+    is plain average pooling, and the identity when H == n.
+    """
+    height, width = x.shape[1:3]
+    if (height, width) == (output_size, output_size):
+        return x
+    if height == width and height % output_size == 0:
+        return pool(x, "average", height // output_size, height // output_size)
+    return _adaptive_bins(x, output_size)
+
+
+def _adaptive_bins(x: jax.Array, n: int) -> jax.Array:
+    height, width = x.shape[1:3]
+    rows = []
+    for i in range(n):
+        r0, r1 = (i * height) // n, -(-((i + 1) * height) // n)
+        cols = []
+        for j in range(n):
+            c0, c1 = (j * width) // n, -(-((j + 1) * width) // n)
+            cols.append(x[:, r0:r1, c0:c1].mean(axis=(1, 2)))
+        rows.append(jnp.stack(cols, axis=1))
+    return jnp.stack(rows, axis=1)

@@ -22,21 +22,26 @@ class ModelSpec:
     name: str
     family: type[nn.Module]
     build: Callable[..., nn.Module]
-    input_shape: tuple[int, int, int]  # [H, W, C] of one example at its default size
+    input_shape: tuple[int, ...]  # one example at its default size: [H, W, C], [L, C], ...
+    task: str = "classification"  # or "segmentation": logits per pixel [B, H, W, K]
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
 def register(
-    name: str, *, family: type[nn.Module], input_shape: tuple[int, int, int]
+    name: str,
+    *,
+    family: type[nn.Module],
+    input_shape: tuple[int, ...],
+    task: str = "classification",
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator registering a variant builder `fn(**options) -> nn.Module` under `name`."""
 
     def decorate(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
-        _REGISTRY[name] = ModelSpec(name, family, build, tuple(input_shape))
+        _REGISTRY[name] = ModelSpec(name, family, build, tuple(input_shape), task)
         return build
 
     return decorate
@@ -76,6 +81,6 @@ def create(name: str, **options: Any) -> nn.Module:
     return spec.build(**options)
 
 
-def default_input_shape(name: str) -> tuple[int, int, int]:
-    """[H, W, C] of one example at the variant's default input size."""
+def default_input_shape(name: str) -> tuple[int, ...]:
+    """The shape of one example at the variant's default input size ([H, W, C] for images)."""
     return get_spec(name).input_shape

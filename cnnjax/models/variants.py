@@ -2,10 +2,80 @@
 
 from __future__ import annotations
 
+from cnnjax.models.alexnet import AlexNet
+from cnnjax.models.dilated import DilatedContextNet
 from cnnjax.models.lenet import LeNet5
 from cnnjax.models.registry import register
+from cnnjax.models.small_convnets import CifarConvNet
+from cnnjax.models.unet import UNet
+from cnnjax.models.vgg import VGG
+from cnnjax.models.volumetric import C3D, ConvNet1D
 
 
 @register("lenet5", family=LeNet5, input_shape=(32, 32, 1))
 def lenet5(**options) -> LeNet5:
     return LeNet5(**options)
+
+
+@register("alexnet", family=AlexNet, input_shape=(224, 224, 3))
+def alexnet(**options) -> AlexNet:
+    return AlexNet(**options)
+
+
+@register("alexnet_paper", family=AlexNet, input_shape=(227, 227, 3))
+def alexnet_paper(**options) -> AlexNet:
+    return AlexNet(**{"paper": True, **options})
+
+
+def _vgg(depth: int, normalization: str):
+    def build(**options) -> VGG:
+        return VGG(**{"depth": depth, "normalization": normalization, **options})
+
+    return build
+
+
+for _depth in (11, 13, 16, 19):
+    register(f"vgg{_depth}", family=VGG, input_shape=(224, 224, 3))(_vgg(_depth, "none"))
+    register(f"vgg{_depth}_bn", family=VGG, input_shape=(224, 224, 3))(_vgg(_depth, "batch"))
+
+
+@register("cifar_convnet", family=CifarConvNet, input_shape=(32, 32, 3))
+def cifar_convnet(**options) -> CifarConvNet:
+    return CifarConvNet(**options)
+
+
+@register("dilated_context", family=DilatedContextNet, input_shape=(64, 64, 1), task="segmentation")
+def dilated_context(**options) -> DilatedContextNet:
+    return DilatedContextNet(**options)
+
+
+@register("unet", family=UNet, input_shape=(256, 256, 1), task="segmentation")
+def unet(**options) -> UNet:
+    return UNet(**options)
+
+
+@register("unet_small", family=UNet, input_shape=(64, 64, 1), task="segmentation")
+def unet_small(**options) -> UNet:
+    return UNet(**{"base_features": 16, "depth": 3, **options})
+
+
+@register("convnet1d", family=ConvNet1D, input_shape=(28, 28))
+def convnet1d(**options) -> ConvNet1D:
+    return ConvNet1D(**options)
+
+
+@register("c3d", family=C3D, input_shape=(16, 112, 112, 3))
+def c3d(**options) -> C3D:
+    return C3D(**options)
+
+
+@register("c3d_small", family=C3D, input_shape=(8, 32, 32, 1))
+def c3d_small(**options) -> C3D:
+    small = {
+        "stages": ((16,), (32,), (64,)),
+        "hidden_units": 0,
+        "num_classes": 10,
+        "normalization": "batch",
+        "dropout_rate": 0.0,
+    }
+    return C3D(**{**small, **options})

@@ -1,0 +1,140 @@
+"""Every registered model: published sizes, and forward/backward/training at a small input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from cnnjax import models
+from cnnjax.models.dilated import CONTEXT_DILATIONS, receptive_fields
+from cnnjax.models.inventory import count_macs, param_count
+from cnnjax.models.registry import get_spec
+
+# Published parameter counts (torchvision's for AlexNet and VGG-16; the papers' for the rest).
+PARAMS = {
+    "alexnet": 61_100_840,
+    "vgg16": 138_357_544,
+    "cifar_convnet": 22_466,
+    "lenet5": 61_706,
+}
+# Published multiply-accumulates at 224x224 (torchvision's GFLOPS column counts MACs).
+GMACS = {"alexnet": 0.714, "vgg16": 15.47, "resnet50": 4.09, "c3d": 38.5}
+
+# A small input and size options per variant, so that the default suite stays fast.
+SMALL = {
+    "alexnet": ((64, 64, 3), {"hidden_units": 64}),
+    "alexnet_paper": ((67, 67, 3), {"hidden_units": 64}),
+    "c3d": ((4, 16, 16, 3), {"hidden_units": 32, "stages": ((8,), (16,))}),
+    "c3d_small": ((4, 16, 16, 1), {}),
+    "cifar_convnet": ((32, 32, 3), {}),
+    "convnet1d": ((28, 28), {}),
+    "dilated_context": ((16, 16, 1), {"features": 8}),
+    "lenet5": ((28, 28, 1), {}),
+    "unet": ((16, 16, 1), {"base_features": 4, "depth": 2}),
+    "unet_small": ((16, 16, 1), {}),
+}
+for _name in models.list_models():
+    if _name.startswith("vgg"):
+        SMALL[_name] = ((32, 32, 3), {"width_divisor": 16})
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_published_parameter_counts(name):
+    assert param_count(name) == PARAMS[name]
+
+
+@pytest.mark.parametrize("name", sorted(GMACS))
+def test_published_macs_within_2_percent(name):
+    if name not in models.list_models():
+        pytest.skip(f"{name} is not registered")
+    macs = count_macs(models.create(name), models.default_input_shape(name)) / 1e9
+    assert abs(macs - GMACS[name]) / GMACS[name] < 0.02, macs
+
+
+def test_lenet5_macs_by_hand():
+    # conv1 28*28*6*25 + conv2 10*10*16*150 + fc 400*120 + 120*84 + 84*10
+    assert count_macs(models.create("lenet5"), (32, 32, 1)) == 416_520
+
+
+def test_lenet5_connection_table_has_the_papers_1516_c3_parameters():
+    assert param_count("lenet5", c3_table=True) == 61_706 - 2_416 + 1_516
+
+
+def test_context_module_receptive_fields():
+    assert receptive_fields(CONTEXT_DILATIONS) == [3, 5, 9, 17, 33, 65, 67]
+
+
+def test_every_registered_model_has_a_small_test_setting():
+    assert sorted(set(models.list_models()) - set(SMALL)) == []
+
+
+def _setup(name, **extra):
+    shape, options = SMALL[name]
+    model = models.create(name, **{**options, **extra})
+    x = jax.random.normal(jax.random.key(0), (2, *shape))
+    variables = model.init(jax.random.key(1), x, train=False)
+    return model, variables, x
+
+
+def _loss(model, params, state, x, labels, num_classes):
+    logits, updates = model.apply(
+        {"params": params, **state},
+        x,
+        train=True,
+        rngs={"dropout": jax.random.key(2)},
+        mutable=["batch_stats"],
+    )
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    return loss, (logits, updates)
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_forward_backward_and_a_few_steps_lower_the_loss(name):
+    model, variables, x = _setup(name)
+    params = variables["params"]
+    state = {k: v for k, v in variables.items() if k != "params"}
+    segmentation = get_spec(name).task == "segmentation"
+    num_classes = model.num_classes
+    label_shape = (2, *x.shape[1:3]) if segmentation else (2,)
+    labels = jax.random.randint(jax.random.key(3), label_shape, 0, num_classes)
+    grad_fn = jax.value_and_grad(
+        lambda p, s: _loss(model, p, s, x, labels, num_classes), has_aux=True
+    )
+    tx = optax.adam(1e-3)
+
+    @jax.jit
+    def step(params, state, opt_state):
+        (loss, (logits, updates)), grads = grad_fn(params, state)
+        steps, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, steps), {**state, **updates}, opt_state, loss, grads
+
+    opt_state = tx.init(params)
+    logits = model.apply(variables, x, train=False)
+    expected = (*label_shape, num_classes)
+    assert logits.shape == expected and bool(jnp.isfinite(logits).all())
+    params, state, opt_state, loss0, grads = step(params, state, opt_state)
+    assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))
+    for _ in range(6):
+        params, state, opt_state, loss, _ = step(params, state, opt_state)
+    assert float(loss) < float(loss0)
+
+
+@pytest.mark.parametrize("name", ["cifar_convnet", "convnet1d", "unet_small", "alexnet"])
+def test_train_and_eval_differ_only_through_dropout_or_batch_norm(name):
+    model, variables, x = _setup(name, normalization="none", dropout_rate=0.0)
+    train = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(0)})
+    np.testing.assert_allclose(train, model.apply(variables, x, train=False), rtol=1e-5)
+    model, variables, x = _setup(name, normalization="none", dropout_rate=0.5)
+    train = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(0)})
+    assert float(jnp.abs(train - model.apply(variables, x, train=False)).max()) > 1e-4
+    model, variables, x = _setup(name, normalization="batch", dropout_rate=0.0)
+    train, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    assert float(jnp.abs(train - model.apply(variables, x, train=False)).max()) > 1e-4
+
+
+@pytest.mark.parametrize("normalization", ["layer", "instance", "group"])
+@pytest.mark.parametrize("name", ["cifar_convnet", "unet_small", "c3d_small", "convnet1d"])
+def test_normalizations_and_activations_are_arguments(name, normalization):
+    model, variables, x = _setup(name, normalization=normalization, activation="tanh")
+    assert bool(jnp.isfinite(model.apply(variables, x, train=False)).all())
