@@ -26,6 +26,8 @@ def get_base_config() -> ml_collections.ConfigDict:
 
     config.data = ml_collections.ConfigDict()
     config.data.name = "fashion_mnist"
+    # classification, or a task built from the images: rows (1-D), segmentation, motion (3-D)
+    config.data.task = "classification"
     config.data.train_split = "train"  # TFDS split strings: e.g. "train[:10%]" for a subset
     config.data.eval_split = "test"
     config.data.batch_size = 128

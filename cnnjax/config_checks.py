@@ -19,6 +19,7 @@ def _positive(value, key: str, *, allow_zero: bool = False) -> None:
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raises UserError for the first invalid setting of `config`."""
     from cnnjax.data import KNOWN_DATASETS  # the data stage imports TFDS: only when needed
+    from cnnjax.data.tasks import TASKS
 
     models.registry.get_spec(config.model.name)
     get_activation(config.model.activation)
@@ -30,6 +31,21 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if config.data.name not in KNOWN_DATASETS:
         raise UserError(
             f"unknown dataset {config.data.name!r}: choose one of {', '.join(KNOWN_DATASETS)}"
+        )
+    check_choice("data task", config.data.task, TASKS)
+    augment = config.data.augment
+    if config.data.task != "classification" and (
+        augment.random_crop_padding or augment.horizontal_flip
+    ):
+        raise UserError(
+            f"data task {config.data.task!r} takes no crop/flip augmentation: set "
+            "--config.data.augment.random_crop_padding=0 and horizontal_flip=False"
+        )
+    task = models.registry.get_spec(config.model.name).task
+    if (task == "segmentation") != (config.data.task == "segmentation"):
+        raise UserError(
+            f"model {config.model.name!r} is for {task} but config.data.task is "
+            f"{config.data.task!r}: pick a matching model or task"
         )
     _positive(config.data.batch_size, "data.batch_size")
     _positive(config.data.eval_batch_size, "data.eval_batch_size")

@@ -132,7 +132,9 @@ def eval_batches(
             images = np.concatenate(
                 [images, np.zeros((batch_size - real, *images.shape[1:]), images.dtype)]
             )
-            labels = np.concatenate([labels, np.zeros(batch_size - real, labels.dtype)])
+            labels = np.concatenate(
+                [labels, np.zeros((batch_size - real, *labels.shape[1:]), labels.dtype)]
+            )
         mask = (np.arange(batch_size) < real).astype(np.float32)
         yield {
             "image": to_float(images, mean, std, augment.normalize),

@@ -69,10 +69,10 @@ def c3d(**options) -> C3D:
     return C3D(**options)
 
 
-@register("c3d_small", family=C3D, input_shape=(8, 32, 32, 1))
+@register("c3d_small", family=C3D, input_shape=(8, 44, 44, 1))
 def c3d_small(**options) -> C3D:
     small = {
-        "stages": ((16,), (32,), (64,)),
+        "stages": ((8,), (16,), (32,)),
         "hidden_units": 0,
         "num_classes": 10,
         "normalization": "batch",

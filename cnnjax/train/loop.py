@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from cnnjax import data, models
 from cnnjax.config_checks import validate_config
+from cnnjax.data import tasks
 from cnnjax.errors import UserError
 from cnnjax.metrics import MetricWriter, plot_curves, read_metrics
 from cnnjax.train import steps
@@ -42,7 +43,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int):
     )
 
 
-def make_steps(num_classes: int, label_smoothing: float):
+def make_steps(num_classes: int, label_smoothing: float, with_confusion: bool = False):
     """The jitted train and eval steps; the train step donates the state it replaces."""
     train = jax.jit(
         functools.partial(
@@ -50,7 +51,9 @@ def make_steps(num_classes: int, label_smoothing: float):
         ),
         donate_argnums=0,
     )
-    evaluate = jax.jit(functools.partial(steps.eval_step, num_classes=num_classes))
+    evaluate = jax.jit(
+        functools.partial(steps.eval_step, num_classes=num_classes, with_confusion=with_confusion)
+    )
     return train, evaluate
 
 
@@ -67,9 +70,10 @@ def device_prefetch(batches: Iterator[dict], size: int = 2) -> Iterator[dict]:
 
 def evaluate(eval_fn, state: TrainState, batches: Iterator[dict]) -> dict[str, float]:
     """Loss and accuracy over every example of `batches` (padding masked out)."""
-    sums = steps.zero_metrics()
+    sums = None
     for batch in device_prefetch(batches):
-        sums = steps.add_metrics(sums, eval_fn(state, batch))
+        metrics = eval_fn(state, batch)
+        sums = metrics if sums is None else steps.add_metrics(sums, metrics)
     return steps.summarize(jax.device_get(sums))
 
 
@@ -98,7 +102,9 @@ class Run:
             source_dir=cfg.source_dir,
             download=cfg.download,
         )
-        self.train_split, self.test_split = load(cfg.train_split), load(cfg.eval_split)
+        # Derived tasks use other seeds for the two splits: different canvases and clips.
+        self.train_split = tasks.derive(cfg.task, load(cfg.train_split), seed=config.seed)
+        self.test_split = tasks.derive(cfg.task, load(cfg.eval_split), seed=config.seed + 1)
         self.augment = data.AugmentConfig(**cfg.augment.to_dict())
         self.mean, self.std = data.channel_stats(self.train_split.images)
         self.steps_per_epoch = len(self.train_split.labels) // cfg.batch_size
@@ -119,7 +125,9 @@ class Run:
             self.model, tx, input_shape=self.input_shape, seed=config.seed
         )
         self.signature = model_signature(config.model.name, self.state.params)
-        self.train_fn, self.eval_fn = make_steps(num_classes, config.optimizer.label_smoothing)
+        self.train_fn, self.eval_fn = make_steps(
+            num_classes, config.optimizer.label_smoothing, with_confusion=cfg.task == "segmentation"
+        )
         self.checkpoints = RunCheckpoints(workdir, keep_best=config.train.keep_best_checkpoints)
 
     def restore(self) -> dict:
@@ -275,6 +283,7 @@ def _results(run: Run, record: dict, start: int, wall_seconds: float) -> dict:
         "seed": config.seed,
         "test_accuracy": test.get("accuracy"),
         "test_loss": test.get("loss"),
+        **({"test_mean_iou": test["mean_iou"]} if "mean_iou" in test else {}),
         "train_accuracy": train.get("accuracy"),
         "train_loss": train.get("loss"),
         "epochs": run.epoch_of(step),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from cnnjax.train.state import TrainState
@@ -61,21 +62,37 @@ def train_step(
     metrics = {
         "loss_sum": losses.sum(),
         "correct": (logits.argmax(-1) == batch["label"]).sum().astype(jnp.float32),
-        "count": jnp.asarray(losses.shape[0], jnp.float32),
+        "count": jnp.asarray(losses.size, jnp.float32),  # examples, or pixels for dense tasks
     }
     return state, metrics
 
 
-def eval_step(state: TrainState, batch: Batch, *, num_classes: int) -> Metrics:
-    """Loss and accuracy sums on `batch`, counting only examples whose `mask` is 1."""
+def eval_step(
+    state: TrainState, batch: Batch, *, num_classes: int, with_confusion: bool = False
+) -> Metrics:
+    """Loss and accuracy sums on `batch`, counting only examples whose `mask` is 1.
+
+    Labels may be per example [B] or per pixel [B, H, W]; with `with_confusion`, also the
+    confusion matrix [true class, predicted class] of the counted examples or pixels.
+    """
     logits = state.apply_fn(_variables(state, state.params), batch["image"], train=False)
     losses = cross_entropy(logits, batch["label"], num_classes=num_classes)
-    mask = batch["mask"]
-    return {
+    mask = jnp.broadcast_to(
+        batch["mask"].reshape(-1, *([1] * (losses.ndim - 1))), losses.shape
+    )  # [B] -> the shape of the labels
+    predictions = logits.argmax(-1)
+    metrics = {
         "loss_sum": (losses * mask).sum(),
-        "correct": ((logits.argmax(-1) == batch["label"]) * mask).sum(),
+        "correct": ((predictions == batch["label"]) * mask).sum(),
         "count": mask.sum(),
     }
+    if with_confusion:
+        metrics["confusion"] = (
+            jnp.zeros((num_classes, num_classes), jnp.float32)
+            .at[batch["label"].ravel(), predictions.ravel()]
+            .add(mask.ravel())
+        )
+    return metrics
 
 
 def add_metrics(total: Metrics, new: Metrics) -> Metrics:
@@ -89,6 +106,15 @@ def zero_metrics() -> Metrics:
 
 
 def summarize(sums: dict) -> dict[str, float]:
-    """Mean loss and accuracy from metric sums (host floats)."""
+    """Mean loss and accuracy from metric sums; mean IoU too when a confusion matrix is there.
+
+    Mean IoU averages, over the classes that occur or are predicted, TP / (TP + FP + FN).
+    """
     count = max(float(sums["count"]), 1.0)
-    return {"loss": float(sums["loss_sum"]) / count, "accuracy": float(sums["correct"]) / count}
+    summary = {"loss": float(sums["loss_sum"]) / count, "accuracy": float(sums["correct"]) / count}
+    if "confusion" in sums:
+        confusion = np.asarray(sums["confusion"], np.float64)
+        true_positives = np.diag(confusion)
+        union = confusion.sum(0) + confusion.sum(1) - true_positives
+        summary["mean_iou"] = float((true_positives[union > 0] / union[union > 0]).mean())
+    return summary
