@@ -91,3 +91,28 @@ def parse_arg(arg: str | None, **defaults):
                     f"config argument {key}={value!r} is not a {type(default).__name__}"
                 ) from None
     return parsed
+
+
+def use_cifar10(config: ml_collections.ConfigDict, *, smoke: bool) -> ml_collections.ConfigDict:
+    """The CIFAR-10 setting shared by the family recipes: crop 4 + flip, SGD-Nesterov 0.1,
+    weight decay 5e-4, batch 128, warmup + cosine (He et al. 2016 / the usual CIFAR recipe).
+
+    CIFAR-10 is prepared by TFDS's stock builder: run once online with
+    --config.data.download=True after `pip install -e '.[tf]'`. `smoke` shrinks the run to
+    seconds on 1,024 examples (needs the dataset too).
+    """
+    config.data.name = "cifar10"
+    config.data.batch_size = 128
+    config.data.augment.random_crop_padding = 4
+    config.data.augment.horizontal_flip = True
+    config.optimizer.name = "nesterov"
+    config.optimizer.learning_rate = 0.1
+    config.optimizer.weight_decay = 5e-4
+    config.optimizer.schedule = "warmup_cosine"
+    config.optimizer.warmup_epochs = 1.0
+    config.train.epochs = 160
+    if smoke:
+        config.data.train_split = "train[:1024]"
+        config.data.eval_split = "test[:256]"
+        config.train.epochs = 1
+    return config

@@ -17,6 +17,20 @@ PARAMS = {
     "vgg16": 138_357_544,
     "cifar_convnet": 22_466,
     "lenet5": 61_706,
+    "resnet18": 11_689_512,
+    "resnet34": 21_797_672,
+    "resnet50": 25_557_032,
+    "resnet101": 44_549_160,
+    "resnet152": 60_192_808,
+    # CIFAR ResNets with option-A shortcuts: the paper's 0.27M, 0.46M, 0.66M, 0.85M, 1.7M.
+    "resnet20": 269_722,
+    "resnet32": 464_154,
+    "resnet44": 658_586,
+    "resnet56": 853_018,
+    "resnet110": 1_727_962,
+    # Wide ResNets: the paper's 36.5M and 8.9M.
+    "wrn28_10": 36_479_194,
+    "wrn40_4": 8_949_210,
 }
 # Published multiply-accumulates at 224x224 (torchvision's GFLOPS column counts MACs).
 GMACS = {"alexnet": 0.714, "vgg16": 15.47, "resnet50": 4.09, "c3d": 38.5}
@@ -37,6 +51,10 @@ SMALL = {
 for _name in models.list_models():
     if _name.startswith("vgg"):
         SMALL[_name] = ((32, 32, 3), {"width_divisor": 16})
+    elif get_spec(_name).family.__name__ == "ResNet":
+        SMALL[_name] = ((32, 32, 3), {"width": 4, "num_classes": 10})
+    elif get_spec(_name).family.__name__ in ("CifarResNet", "WideResNet"):
+        SMALL[_name] = ((16, 16, 3), {})
 
 
 @pytest.mark.parametrize("name", sorted(PARAMS))
@@ -120,7 +138,9 @@ def test_forward_backward_and_a_few_steps_lower_the_loss(name):
     assert float(loss) < float(loss0)
 
 
-@pytest.mark.parametrize("name", ["cifar_convnet", "convnet1d", "unet_small", "alexnet"])
+@pytest.mark.parametrize(
+    "name", ["cifar_convnet", "convnet1d", "unet_small", "alexnet", "resnet18", "wrn16_8"]
+)
 def test_train_and_eval_differ_only_through_dropout_or_batch_norm(name):
     model, variables, x = _setup(name, normalization="none", dropout_rate=0.0)
     train = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(0)})
@@ -138,3 +158,15 @@ def test_train_and_eval_differ_only_through_dropout_or_batch_norm(name):
 def test_normalizations_and_activations_are_arguments(name, normalization):
     model, variables, x = _setup(name, normalization=normalization, activation="tanh")
     assert bool(jnp.isfinite(model.apply(variables, x, train=False)).all())
+
+
+def test_option_a_shortcut_is_parameter_free_and_pads_with_zeros():
+    from cnnjax.models.resnet import BasicBlock
+
+    block = BasicBlock(4, 2, "identity", "none", shortcut="zero_pad")
+    x = jnp.arange(2 * 4 * 4 * 2, dtype=jnp.float32).reshape(2, 4, 4, 2)
+    variables = block.init(jax.random.key(0), x, train=False)
+    assert set(variables["params"]) == {"ConvBlock_0", "ConvBlock_1"}  # no projection
+    shortcut = block.bind(variables)._shortcut(x, False)
+    np.testing.assert_array_equal(shortcut[..., :2], x[:, ::2, ::2])
+    np.testing.assert_array_equal(shortcut[..., 2:], 0.0)

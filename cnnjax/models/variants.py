@@ -6,6 +6,7 @@ from cnnjax.models.alexnet import AlexNet
 from cnnjax.models.dilated import DilatedContextNet
 from cnnjax.models.lenet import LeNet5
 from cnnjax.models.registry import register
+from cnnjax.models.resnet import CifarResNet, ResNet, WideResNet
 from cnnjax.models.small_convnets import CifarConvNet
 from cnnjax.models.unet import UNet
 from cnnjax.models.vgg import VGG
@@ -79,3 +80,43 @@ def c3d_small(**options) -> C3D:
         "dropout_rate": 0.0,
     }
     return C3D(**{**small, **options})
+
+
+RESNET_STAGES = {
+    18: (2, 2, 2, 2),
+    34: (3, 4, 6, 3),
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+}
+
+
+def _resnet(depth: int):
+    def build(**options) -> ResNet:
+        return ResNet(**{"stage_sizes": RESNET_STAGES[depth], "bottleneck": depth >= 50, **options})
+
+    return build
+
+
+def _cifar_resnet(depth: int):
+    def build(**options) -> CifarResNet:
+        return CifarResNet(**{"depth": depth, **options})
+
+    return build
+
+
+def _wide_resnet(depth: int, widen_factor: int):
+    def build(**options) -> WideResNet:
+        return WideResNet(**{"depth": depth, "widen_factor": widen_factor, **options})
+
+    return build
+
+
+for _depth in RESNET_STAGES:
+    register(f"resnet{_depth}", family=ResNet, input_shape=(224, 224, 3))(_resnet(_depth))
+for _depth in (20, 32, 44, 56, 110):
+    register(f"resnet{_depth}", family=CifarResNet, input_shape=(32, 32, 3))(_cifar_resnet(_depth))
+for _depth, _k in ((16, 8), (28, 2), (28, 10), (40, 4)):
+    register(f"wrn{_depth}_{_k}", family=WideResNet, input_shape=(32, 32, 3))(
+        _wide_resnet(_depth, _k)
+    )

@@ -1,0 +1,35 @@
+"""The dilated-convolution context network (Yu & Koltun 2016) on the segmentation task.
+
+    cnnjax train --config=configs/dilated_segmentation.py --workdir=runs/dilated_segmentation
+
+Same task as configs/unet_segmentation.py (two Fashion-MNIST items on a 64x64 canvas, 11
+per-pixel classes). Model `dilated_context` with 16 features: a 3x3 front-end, the basic context
+module (3x3 convolutions with dilations 1, 1, 2, 4, 8, 16, 1: a 67-pixel receptive field, more
+than the canvas, at full resolution), a 1x1 head. Adam 2e-3, cosine, batch 64.
+"""
+
+from cnnjax.config_base import get_base_config, parse_arg
+
+
+def get_config(arg: str | None = None):
+    args = parse_arg(arg, smoke=False)
+    config = get_base_config()
+    config.model.name = "dilated_context"
+    config.model.normalization = "batch"
+    config.model.options.features = 16
+    config.data.name = "fashion_mnist"
+    config.data.task = "segmentation"
+    config.data.train_split = "train[:8000]"
+    config.data.eval_split = "test"
+    config.data.batch_size = 64
+    config.data.eval_batch_size = 250
+    config.optimizer.name = "adam"
+    config.optimizer.learning_rate = 2e-3
+    config.optimizer.schedule = "cosine"
+    config.train.epochs = 3
+    config.train.log_every_steps = 20
+    if args.smoke:
+        config.data.train_split = "train[:256]"
+        config.data.eval_split = "test[:128]"
+        config.train.epochs = 1
+    return config
