@@ -31,6 +31,7 @@ PARAMS = {
     # Wide ResNets: the paper's 36.5M and 8.9M.
     "wrn28_10": 36_479_194,
     "wrn40_4": 8_949_210,
+    "googlenet": 6_624_904,  # torchvision's count (its "5x5" branch has 3x3 kernels)
 }
 # Published multiply-accumulates at 224x224 (torchvision's GFLOPS column counts MACs).
 GMACS = {"alexnet": 0.714, "vgg16": 15.47, "resnet50": 4.09, "c3d": 38.5}
@@ -44,6 +45,7 @@ SMALL = {
     "cifar_convnet": ((32, 32, 3), {}),
     "convnet1d": ((28, 28), {}),
     "dilated_context": ((16, 16, 1), {"features": 8}),
+    "googlenet": ((64, 64, 3), {"num_classes": 10}),
     "lenet5": ((28, 28, 1), {}),
     "unet": ((16, 16, 1), {"base_features": 4, "depth": 2}),
     "unet_small": ((16, 16, 1), {}),
@@ -170,3 +172,23 @@ def test_option_a_shortcut_is_parameter_free_and_pads_with_zeros():
     shortcut = block.bind(variables)._shortcut(x, False)
     np.testing.assert_array_equal(shortcut[..., :2], x[:, ::2, ::2])
     np.testing.assert_array_equal(shortcut[..., 2:], 0.0)
+
+
+def test_googlenet_variants_and_auxiliary_losses():
+    assert param_count("googlenet", paper_5x5=True) == 7_005_832
+    assert param_count("googlenet", aux_logits=True) == 13_004_888  # torchvision's, with aux
+    from cnnjax.config_base import get_base_config
+    from cnnjax.train.optim import make_optimizer
+    from cnnjax.train.state import create_train_state
+    from cnnjax.train.steps import train_step
+
+    tx = make_optimizer(get_base_config().optimizer, steps_per_epoch=1, total_steps=1)
+    batch = {"image": jnp.ones((2, 64, 64, 3)), "label": jnp.array([1, 2])}
+    for aux in (False, True):
+        model = models.create("googlenet", num_classes=10, aux_logits=aux)
+        state = create_train_state(model, tx, input_shape=(64, 64, 3), seed=0)
+        new_state, _ = jax.jit(lambda s, b: train_step(s, b, num_classes=10))(state, batch)
+        if aux:  # the auxiliary heads are trained through the added loss
+            before = state.params["AuxClassifier_0"]["Dense_1"]["kernel"]
+            after = new_state.params["AuxClassifier_0"]["Dense_1"]["kernel"]
+            assert float(jnp.abs(after - before).max()) > 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from cnnjax.models.alexnet import AlexNet
 from cnnjax.models.dilated import DilatedContextNet
+from cnnjax.models.googlenet import GoogLeNet
 from cnnjax.models.lenet import LeNet5
 from cnnjax.models.registry import register
 from cnnjax.models.resnet import CifarResNet, ResNet, WideResNet
@@ -120,3 +121,8 @@ for _depth, _k in ((16, 8), (28, 2), (28, 10), (40, 4)):
     register(f"wrn{_depth}_{_k}", family=WideResNet, input_shape=(32, 32, 3))(
         _wide_resnet(_depth, _k)
     )
+
+
+@register("googlenet", family=GoogLeNet, input_shape=(224, 224, 3))
+def googlenet(**options) -> GoogLeNet:
+    return GoogLeNet(**options)

@@ -16,6 +16,7 @@ import optax
 from cnnjax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
+AUX_LOSS_WEIGHT = 0.3
 Metrics = dict[str, jax.Array]
 
 
@@ -48,12 +49,24 @@ def train_step(
             batch["image"],
             train=True,
             rngs={"dropout": dropout_key},
-            mutable=["batch_stats"],
+            mutable=["batch_stats", "intermediates"],
         )
         losses = cross_entropy(
             logits, batch["label"], num_classes=num_classes, label_smoothing=label_smoothing
         )
-        return losses.mean(), (logits, losses, updates)
+        loss = losses.mean()
+        # Auxiliary classifiers (GoogLeNet) sow their logits; weight 0.3 as in Szegedy et al.
+        for aux_logits in jax.tree.leaves(updates.get("intermediates", {}).get("aux_logits", {})):
+            loss += (
+                AUX_LOSS_WEIGHT
+                * cross_entropy(
+                    aux_logits,
+                    batch["label"],
+                    num_classes=num_classes,
+                    label_smoothing=label_smoothing,
+                ).mean()
+            )
+        return loss, (logits, losses, updates)
 
     grads, (logits, losses, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
     state = state.apply_gradients(grads=grads)
