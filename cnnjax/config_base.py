@@ -36,6 +36,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.data.augment.random_crop_padding = 0  # pixels; 0 disables random crops
     config.data.augment.horizontal_flip = False
     config.data.augment.normalize = True  # per-channel mean/std of the training split
+    config.data.augment.upscale = 1  # integer nearest-neighbour upscaling (train and eval)
     # TFDS data directory; None means $TFDS_DATA_DIR or ~/tensorflow_datasets.
     config.data.data_dir = ml_collections.config_dict.placeholder(str)
     # Folder of raw source files for offline preparation (the IDX .gz files of Fashion-MNIST);

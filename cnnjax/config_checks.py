@@ -33,6 +33,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             f"unknown dataset {config.data.name!r}: choose one of {', '.join(KNOWN_DATASETS)}"
         )
     check_choice("data task", config.data.task, TASKS)
+    _positive(config.data.augment.upscale, "data.augment.upscale")
+    if config.data.augment.upscale > 1 and config.data.task != "classification":
+        raise UserError("config.data.augment.upscale is for image classification tasks only")
     augment = config.data.augment
     if config.data.task != "classification" and (
         augment.random_crop_padding or augment.horizontal_flip

@@ -135,3 +135,12 @@ def test_pipeline_is_far_faster_than_training():
     images_per_sec = 40 * 256 / (time.perf_counter() - start)
     print(f"input pipeline: {images_per_sec:,.0f} images/s with crop + flip")
     assert images_per_sec > 30_000  # training runs at ~10-15k images/s here
+
+
+def test_upscale_repeats_each_pixel():
+    split = _split(n=4, size=3)
+    upscaled = AugmentConfig(normalize=False, upscale=2)
+    batch = next(eval_batches(split, batch_size=4, augment=upscaled, mean=None, std=None))
+    assert batch["image"].shape == (4, 6, 6, 1)
+    np.testing.assert_allclose(batch["image"][:, ::2, ::2], split.images / 255.0, rtol=1e-6)
+    np.testing.assert_array_equal(batch["image"][:, 1::2, 1::2], batch["image"][:, ::2, ::2])

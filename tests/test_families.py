@@ -32,9 +32,10 @@ PARAMS = {
     "wrn28_10": 36_479_194,
     "wrn40_4": 8_949_210,
     "googlenet": 6_624_904,  # torchvision's count (its "5x5" branch has 3x3 kernels)
+    "inception_v3": 23_834_568,  # torchvision's, without the auxiliary classifier
 }
 # Published multiply-accumulates at 224x224 (torchvision's GFLOPS column counts MACs).
-GMACS = {"alexnet": 0.714, "vgg16": 15.47, "resnet50": 4.09, "c3d": 38.5}
+GMACS = {"alexnet": 0.714, "vgg16": 15.47, "resnet50": 4.09, "c3d": 38.5, "inception_v3": 5.71}
 
 # A small input and size options per variant, so that the default suite stays fast.
 SMALL = {
@@ -46,6 +47,7 @@ SMALL = {
     "convnet1d": ((28, 28), {}),
     "dilated_context": ((16, 16, 1), {"features": 8}),
     "googlenet": ((64, 64, 3), {"num_classes": 10}),
+    "inception_v3": ((75, 75, 3), {"num_classes": 10}),
     "lenet5": ((28, 28, 1), {}),
     "unet": ((16, 16, 1), {"base_features": 4, "depth": 2}),
     "unet_small": ((16, 16, 1), {}),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from cnnjax.models.alexnet import AlexNet
 from cnnjax.models.dilated import DilatedContextNet
 from cnnjax.models.googlenet import GoogLeNet
+from cnnjax.models.inception_v3 import InceptionV3
 from cnnjax.models.lenet import LeNet5
 from cnnjax.models.registry import register
 from cnnjax.models.resnet import CifarResNet, ResNet, WideResNet
@@ -126,3 +127,8 @@ for _depth, _k in ((16, 8), (28, 2), (28, 10), (40, 4)):
 @register("googlenet", family=GoogLeNet, input_shape=(224, 224, 3))
 def googlenet(**options) -> GoogLeNet:
     return GoogLeNet(**options)
+
+
+@register("inception_v3", family=InceptionV3, input_shape=(299, 299, 3))
+def inception_v3(**options) -> InceptionV3:
+    return InceptionV3(**options)

@@ -120,7 +120,9 @@ class Run:
         tx = make_optimizer(
             config.optimizer, steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps
         )
-        self.input_shape = self.train_split.images.shape[1:]
+        height, width, *rest = self.train_split.images.shape[1:]
+        scale = cfg.augment.upscale  # the pipeline upscales images by this integer factor
+        self.input_shape = (height * scale, width * scale, *rest)
         self.state = create_train_state(
             self.model, tx, input_shape=self.input_shape, seed=config.seed
         )
