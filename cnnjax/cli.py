@@ -101,10 +101,10 @@ def _models(argv: list[str]) -> None:
     if _JSON.value:
         print(json.dumps(rows, indent=2))
         return
-    print(f"{'name':<16} {'params':>14} {'GMACs':>9}  input_shape")
+    print(f"{'name':<16} {'params':>14} {'MMACs':>10}  input_shape")
     for row in rows:
         shape = "x".join(str(d) for d in row["input_shape"])
-        print(f"{row['name']:<16} {row['params']:>14,} {row['macs'] / 1e9:>9.3f}  {shape}")
+        print(f"{row['name']:<16} {row['params']:>14,} {row['macs'] / 1e6:>10,.1f}  {shape}")
 
 
 COMMANDS = {"train": _train, "models": _models}

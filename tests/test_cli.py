@@ -106,4 +106,8 @@ def test_models_command_lists_lenet5_as_json():
     result = run_cnnjax("models", "--json")
     assert result.returncode == 0, result.stderr
     rows = {row["name"]: row for row in json.loads(result.stdout)}
-    assert rows["lenet5"]["params"] == 61_706
+    assert set(rows["lenet5"]) == {"name", "params", "macs", "input_shape"}
+    assert rows["lenet5"]["params"] == 61_706 and rows["lenet5"]["macs"] == 416_520
+    assert rows["resnet50"]["params"] == 25_557_032
+    assert rows["alexnet"]["input_shape"] == [224, 224, 3]
+    assert {"vgg16_bn", "googlenet", "inception_v3", "wrn28_10", "unet", "c3d"} <= set(rows)

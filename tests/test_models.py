@@ -127,3 +127,23 @@ def test_inventory_lists_lenet5_with_its_count():
         "macs": 416_520,
         "input_shape": [32, 32, 1],
     }
+
+
+def test_local_response_norm_matches_the_papers_formula():
+    from cnnjax.models.layers import LocalResponseNorm
+
+    x = jnp.arange(1.0, 8.0).reshape(1, 1, 1, 7)  # 7 channels
+    y = LocalResponseNorm(size=5, alpha=0.1, beta=0.75, k=2.0).apply({}, x)
+    for c in range(7):
+        window = x[0, 0, 0, max(0, c - 2) : c + 3]
+        expected = x[0, 0, 0, c] / (2.0 + 0.1 * float((window**2).sum())) ** 0.75
+        np.testing.assert_allclose(float(y[0, 0, 0, c]), expected, rtol=1e-6)
+
+
+def test_adaptive_average_pool_bins_like_pytorch():
+    from cnnjax.models.layers import adaptive_avg_pool
+
+    x = jnp.arange(5.0).reshape(1, 5, 1, 1).repeat(5, axis=2)  # rows 0..4
+    y = adaptive_avg_pool(x, 3)  # bins rows [0,2), [1,4), [3,5)
+    np.testing.assert_allclose(y[0, :, 0, 0], [0.5, 2.0, 3.5])
+    np.testing.assert_array_equal(adaptive_avg_pool(x, 5), x)
