@@ -46,7 +46,7 @@ SMALL = {
     "cifar_convnet": ((32, 32, 3), {}),
     "convnet1d": ((28, 28), {}),
     "dilated_context": ((16, 16, 1), {"features": 8}),
-    "googlenet": ((64, 64, 3), {"num_classes": 10}),
+    "googlenet": ((32, 32, 3), {"num_classes": 10}),
     "inception_v3": ((75, 75, 3), {"num_classes": 10}),
     "lenet5": ((28, 28, 1), {}),
     "unet": ((16, 16, 1), {"base_features": 4, "depth": 2}),
@@ -94,7 +94,7 @@ def test_every_registered_model_has_a_small_test_setting():
 def _setup(name, **extra):
     shape, options = SMALL[name]
     model = models.create(name, **{**options, **extra})
-    x = jax.random.normal(jax.random.key(0), (2, *shape))
+    x = jax.random.normal(jax.random.key(0), (4, *shape))
     variables = model.init(jax.random.key(1), x, train=False)
     return model, variables, x
 
@@ -111,14 +111,45 @@ def _loss(model, params, state, x, labels, num_classes):
     return loss, (logits, updates)
 
 
-@pytest.mark.parametrize("name", sorted(SMALL))
+# The default run trains one variant of each block structure; deeper or wider repeats of the same
+# blocks (compiling for 10-20 s each) run with `-m slow`.
+SLOW_VARIANTS = {
+    "resnet34",
+    "resnet101",
+    "resnet152",
+    "resnet32",
+    "resnet44",
+    "resnet56",
+    "resnet110",
+    "wrn28_2",
+    "wrn28_10",
+    "wrn40_4",
+    "vgg13",
+    "vgg13_bn",
+    "vgg19",
+    "vgg19_bn",
+    "vgg11_bn",
+    "vgg16",
+    "unet",
+    "c3d",
+    "alexnet_paper",
+}
+
+
+def _variants():
+    return [
+        pytest.param(n, marks=pytest.mark.slow) if n in SLOW_VARIANTS else n for n in sorted(SMALL)
+    ]
+
+
+@pytest.mark.parametrize("name", _variants())
 def test_forward_backward_and_a_few_steps_lower_the_loss(name):
     model, variables, x = _setup(name)
     params = variables["params"]
     state = {k: v for k, v in variables.items() if k != "params"}
     segmentation = get_spec(name).task == "segmentation"
     num_classes = model.num_classes
-    label_shape = (2, *x.shape[1:3]) if segmentation else (2,)
+    label_shape = (4, *x.shape[1:3]) if segmentation else (4,)
     labels = jax.random.randint(jax.random.key(3), label_shape, 0, num_classes)
     grad_fn = jax.value_and_grad(
         lambda p, s: _loss(model, p, s, x, labels, num_classes), has_aux=True
@@ -176,21 +207,61 @@ def test_option_a_shortcut_is_parameter_free_and_pads_with_zeros():
     np.testing.assert_array_equal(shortcut[..., 2:], 0.0)
 
 
-def test_googlenet_variants_and_auxiliary_losses():
+def test_googlenet_variants_and_auxiliary_logits():
     assert param_count("googlenet", paper_5x5=True) == 7_005_832
     assert param_count("googlenet", aux_logits=True) == 13_004_888  # torchvision's, with aux
-    from cnnjax.config_base import get_base_config
-    from cnnjax.train.optim import make_optimizer
-    from cnnjax.train.state import create_train_state
-    from cnnjax.train.steps import train_step
+    model = models.create("googlenet", num_classes=10, aux_logits=True)
+    x = jnp.ones((2, 32, 32, 3))
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+    _, sown = jax.eval_shape(
+        lambda v: model.apply(
+            v,
+            x,
+            train=True,
+            rngs={"dropout": jax.random.key(1)},
+            mutable=["batch_stats", "intermediates"],
+        ),
+        variables,
+    )
+    assert [a.shape for a in sown["intermediates"]["aux_logits"]] == [(2, 10), (2, 10)]
+    _, sown = jax.eval_shape(
+        lambda v: model.apply(v, x, train=False, mutable=["intermediates"]), variables
+    )
+    assert "aux_logits" not in sown.get("intermediates", {})  # evaluation: main logits only
 
-    tx = make_optimizer(get_base_config().optimizer, steps_per_epoch=1, total_steps=1)
-    batch = {"image": jnp.ones((2, 64, 64, 3)), "label": jnp.array([1, 2])}
-    for aux in (False, True):
-        model = models.create("googlenet", num_classes=10, aux_logits=aux)
-        state = create_train_state(model, tx, input_shape=(64, 64, 3), seed=0)
-        new_state, _ = jax.jit(lambda s, b: train_step(s, b, num_classes=10))(state, batch)
-        if aux:  # the auxiliary heads are trained through the added loss
-            before = state.params["AuxClassifier_0"]["Dense_1"]["kernel"]
-            after = new_state.params["AuxClassifier_0"]["Dense_1"]["kernel"]
-            assert float(jnp.abs(after - before).max()) > 0
+
+def test_train_step_adds_the_auxiliary_loss_with_weight_0_3():
+    import flax.linen as nn
+
+    from cnnjax.train.state import create_train_state
+    from cnnjax.train.steps import AUX_LOSS_WEIGHT, cross_entropy, train_step
+
+    class TinyWithAux(nn.Module):
+        @nn.compact
+        def __call__(self, x, *, train):
+            x = x.reshape(x.shape[0], -1)
+            aux = nn.Dense(3, name="aux")(x)  # built at init (train=False) too, like GoogLeNet's
+            if train:
+                self.sow("intermediates", "aux_logits", aux)
+            return nn.Dense(3, name="main")(x)
+
+    batch = {"image": jnp.linspace(-1, 1, 8).reshape(2, 2, 2, 1), "label": jnp.array([0, 2])}
+    state = create_train_state(TinyWithAux(), optax.sgd(1.0), input_shape=(2, 2, 1), seed=0)
+    new_state, _ = train_step(state, batch, num_classes=3)
+
+    def expected_loss(params):
+        x = batch["image"].reshape(2, -1)
+        dense = lambda p: x @ p["kernel"] + p["bias"]  # noqa: E731
+        main = cross_entropy(dense(params["main"]), batch["label"], num_classes=3).mean()
+        aux = cross_entropy(dense(params["aux"]), batch["label"], num_classes=3).mean()
+        return main + AUX_LOSS_WEIGHT * aux
+
+    grads = jax.grad(expected_loss)(state.params)
+    for layer in ("main", "aux"):  # SGD with rate 1: new = old - grad
+        np.testing.assert_allclose(
+            new_state.params[layer]["kernel"],
+            state.params[layer]["kernel"] - grads[layer]["kernel"],
+            rtol=1e-5,
+            atol=1e-6,
+        )
+    assert AUX_LOSS_WEIGHT == 0.3

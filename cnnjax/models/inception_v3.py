@@ -1,142 +1,205 @@
-"""Inception v3 (Szegedy et al. 2016, "Rethinking the Inception architecture"): factorized
-convolutions, as the reference implementation (torchvision) builds it, without the auxiliary
-classifier: 23,834,568 parameters, 5.7 GMACs at 299x299.
+"""Inception v3 (Szegedy et al., "Rethinking the Inception architecture", 2016).
 
-- `InceptionA`: a 5x5 branch and a 5x5 factorized into two 3x3 (section 3.1);
-- `InceptionB` / `InceptionD`: grid reductions with parallel stride-2 branches (section 5);
-- `InceptionC`: 7x7 factorized into 1x7 and 7x1 (asymmetric factorization, section 3.2);
-- `InceptionE`: the expanded coarsest-grid module with parallel 1x3 and 3x1 outputs.
-Every convolution is conv (no bias) -> normalization -> activation.
+    input 299x299x3 -> conv 3x3/2, 32 -> conv 3x3, 32 -> conv 3x3 same, 64 -> max pool 3/2
+      -> conv 1x1, 80 -> conv 3x3, 192 -> max pool 3/2            [35x35x192]
+      -> InceptionA x3 (35x35) -> InceptionB (to 17x17x768)
+      -> InceptionC x4 (17x17) -> InceptionD (to 8x8x1280) -> InceptionE x2 (8x8x2048)
+      -> global average pool -> dropout -> dense num_classes
+
+The factorized modules, with the filter numbers of the common reference implementation
+(torchvision, itself a port of Google's TensorFlow model):
+- `InceptionA`: a 5x5 branch, and a 5x5 factorized into two stacked 3x3 (section 3.1);
+- `InceptionB` / `InceptionD`: grid reductions, stride-2 convolutions beside a stride-2 max pool
+  (section 5), so the grid shrinks without a representational bottleneck;
+- `InceptionC`: 7x7 factorized into 1x7 then 7x1 (asymmetric factorization, section 3.2);
+- `InceptionE`: the coarsest grid's expanded module, whose 1x3 and 3x1 outputs sit side by side.
+Every convolution is conv without bias -> normalization -> activation.
+
+Parameters: 23,834,568 without the auxiliary classifier, exactly torchvision's count for
+`inception_v3(aux_logits=False)`. torchvision documents 27,161,264 because its pretrained model
+keeps the auxiliary head: 1x1 conv 768->128 with batch norm (98,560), 5x5 conv 128->768 with batch
+norm (2,459,136) and a dense 768->1000 (769,000), 3,326,696 in all. `aux_logits=True` adds that
+head (after the last InceptionC, training only, sown as `intermediates/aux_logits` like
+GoogLeNet's), which brings the count to 27,161,264. The train step weights its loss 0.3 (the
+GoogLeNet paper's weight; TF-slim's Inception v3 used 0.4). Batch norm uses epsilon 1e-5 here
+(torchvision 1e-3), which changes no count.
+
+The classifier dropout is torchvision's 0.5. Inputs must be at least 75x75 (the grid reductions
+take 75 to 1x1), as torchvision requires.
 """
 
 from __future__ import annotations
+
+import functools
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnnjax.models.layers import ConvBlock, pool
+from cnnjax.models.layers import ConvBlock, adaptive_avg_pool, pool
+
+Kernel = int | tuple[int, int]
 
 
-class _Module(nn.Module):
+def avg_pool_3x3(x: jax.Array) -> jax.Array:
+    """3x3/1 average pool with zero padding counted in the mean, as torchvision's branch pools."""
+    return nn.avg_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))
+
+
+class InceptionBlock(nn.Module):
+    """Base of the Inception v3 modules: their activation, normalization and conv helper."""
+
     activation: str
     normalization: str
 
-    def conv(self, y, features, kernel, strides=1, train=False):
+    def conv(
+        self, x: jax.Array, features: int, kernel: Kernel, strides: int = 1, *, train: bool
+    ) -> jax.Array:
+        """Conv -> normalization -> activation of `x` [B, H, W, C].
+
+        Stride 1 keeps the grid ('SAME', also for the 1x7 / 7x1 kernels); stride 2 is a grid
+        reduction without padding ('VALID'), as in the reference.
+        """
         padding = "SAME" if strides == 1 else "VALID"
-        return ConvBlock(features, kernel, strides, padding, self.activation, self.normalization)(
-            y, train=train
-        )
-
-    @staticmethod
-    def avg_pool(y):
-        return nn.avg_pool(y, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))
+        block = ConvBlock(features, kernel, strides, padding, self.activation, self.normalization)
+        return block(x, train=train)
 
 
-class InceptionA(_Module):
+class InceptionA(InceptionBlock):
+    """35x35 module: 1x1 | 1x1 -> 5x5 | 1x1 -> 3x3 -> 3x3 | avg pool -> 1x1."""
+
     pool_features: int = 32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        c = lambda y, f, k, s=1: self.conv(y, f, k, s, train)  # noqa: E731
-        return jnp.concatenate(
-            [
-                c(x, 64, 1),
-                c(c(x, 48, 1), 64, 5),
-                c(c(c(x, 64, 1), 96, 3), 96, 3),
-                c(self.avg_pool(x), self.pool_features, 1),
-            ],
-            axis=-1,
-        )
+        conv = functools.partial(self.conv, train=train)
+        branch_1x1 = conv(x, 64, 1)
+        branch_5x5 = conv(conv(x, 48, 1), 64, 5)
+        branch_3x3_double = conv(conv(conv(x, 64, 1), 96, 3), 96, 3)
+        branch_pool = conv(avg_pool_3x3(x), self.pool_features, 1)
+        branches = [branch_1x1, branch_5x5, branch_3x3_double, branch_pool]
+        return jnp.concatenate(branches, axis=-1)  # [B, 35, 35, 224 + pool_features]
 
 
-class InceptionB(_Module):
+class InceptionB(InceptionBlock):
+    """35x35 -> 17x17 reduction: 3x3/2 | 1x1 -> 3x3 -> 3x3/2 | max pool 3/2."""
+
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        c = lambda y, f, k, s=1: self.conv(y, f, k, s, train)  # noqa: E731
-        return jnp.concatenate(
-            [
-                c(x, 384, 3, 2),
-                c(c(c(x, 64, 1), 96, 3), 96, 3, 2),
-                pool(x, "max", 3, 2),
-            ],
-            axis=-1,
-        )
+        conv = functools.partial(self.conv, train=train)
+        branch_3x3 = conv(x, 384, 3, 2)
+        branch_3x3_double = conv(conv(conv(x, 64, 1), 96, 3), 96, 3, 2)
+        branch_pool = pool(x, "max", 3, 2)
+        branches = [branch_3x3, branch_3x3_double, branch_pool]
+        return jnp.concatenate(branches, axis=-1)  # [B, 17, 17, 480 + C]: 768 from 288
 
 
-class InceptionC(_Module):
+class InceptionC(InceptionBlock):
+    """17x17 module with 7x7 convolutions factorized into 1x7 and 7x1 (`channels_7x7` wide)."""
+
     channels_7x7: int = 128
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        c = lambda y, f, k, s=1: self.conv(y, f, k, s, train)  # noqa: E731
+        conv = functools.partial(self.conv, train=train)
         c7 = self.channels_7x7
-        seven = c(c(c(x, c7, 1), c7, (1, 7)), 192, (7, 1))
-        double = c(x, c7, 1)
+        # Built in this order so the submodule names stay those of earlier checkpoints.
+        branch_7x7 = conv(conv(conv(x, c7, 1), c7, (1, 7)), 192, (7, 1))
+        branch_7x7_double = conv(x, c7, 1)
         for features, kernel in ((c7, (7, 1)), (c7, (1, 7)), (c7, (7, 1)), (192, (1, 7))):
-            double = c(double, features, kernel)
-        return jnp.concatenate([c(x, 192, 1), seven, double, c(self.avg_pool(x), 192, 1)], axis=-1)
+            branch_7x7_double = conv(branch_7x7_double, features, kernel)
+        branch_1x1 = conv(x, 192, 1)
+        branch_pool = conv(avg_pool_3x3(x), 192, 1)
+        branches = [branch_1x1, branch_7x7, branch_7x7_double, branch_pool]
+        return jnp.concatenate(branches, axis=-1)  # [B, 17, 17, 768]
 
 
-class InceptionD(_Module):
+class InceptionD(InceptionBlock):
+    """17x17 -> 8x8 reduction: 1x1 -> 3x3/2 | 1x1 -> 1x7 -> 7x1 -> 3x3/2 | max pool 3/2."""
+
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        c = lambda y, f, k, s=1: self.conv(y, f, k, s, train)  # noqa: E731
-        seven = c(c(c(x, 192, 1), 192, (1, 7)), 192, (7, 1))
-        return jnp.concatenate(
-            [
-                c(c(x, 192, 1), 320, 3, 2),
-                c(seven, 192, 3, 2),
-                pool(x, "max", 3, 2),
-            ],
-            axis=-1,
-        )
+        conv = functools.partial(self.conv, train=train)
+        branch_7x7 = conv(conv(conv(x, 192, 1), 192, (1, 7)), 192, (7, 1))
+        branch_3x3 = conv(conv(x, 192, 1), 320, 3, 2)
+        branch_7x7x3 = conv(branch_7x7, 192, 3, 2)
+        branch_pool = pool(x, "max", 3, 2)
+        branches = [branch_3x3, branch_7x7x3, branch_pool]
+        return jnp.concatenate(branches, axis=-1)  # [B, 8, 8, 1280] from 768
 
 
-class InceptionE(_Module):
+class InceptionE(InceptionBlock):
+    """8x8 module whose 3x3 branches end in parallel 1x3 and 3x1 convolutions (2048 out)."""
+
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        c = lambda y, f, k, s=1: self.conv(y, f, k, s, train)  # noqa: E731
-        three = c(x, 384, 1)
-        double = c(c(x, 448, 1), 384, 3)
-        return jnp.concatenate(
-            [
-                c(x, 320, 1),
-                c(three, 384, (1, 3)),
-                c(three, 384, (3, 1)),
-                c(double, 384, (1, 3)),
-                c(double, 384, (3, 1)),
-                c(self.avg_pool(x), 192, 1),
-            ],
-            axis=-1,
-        )
+        conv = functools.partial(self.conv, train=train)
+        three = conv(x, 384, 1)
+        double = conv(conv(x, 448, 1), 384, 3)
+        branches = [
+            conv(x, 320, 1),
+            conv(three, 384, (1, 3)),
+            conv(three, 384, (3, 1)),
+            conv(double, 384, (1, 3)),
+            conv(double, 384, (3, 1)),
+            conv(avg_pool_3x3(x), 192, 1),
+        ]
+        return jnp.concatenate(branches, axis=-1)  # [B, 8, 8, 320 + 768 + 768 + 192 = 2048]
+
+
+class InceptionAux(nn.Module):
+    """The auxiliary head on the 17x17 grid: avg pool 5/3, 1x1 conv 128, 5x5 conv 768, dense."""
+
+    num_classes: int
+    activation: str
+    normalization: str
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        if min(x.shape[1:3]) >= 17:
+            x = nn.avg_pool(x, (5, 5), strides=(3, 3))  # [B, 5, 5, 768] at 299x299
+        else:
+            # Inputs below 299 leave a smaller grid; pool it to the 5x5 the 5x5 conv needs.
+            x = adaptive_avg_pool(x, 5)
+        act, norm = self.activation, self.normalization
+        x = ConvBlock(128, 1, 1, "VALID", act, norm)(x, train=train)
+        x = ConvBlock(768, 5, 1, "VALID", act, norm)(x, train=train)  # [B, 1, 1, 768] at 299
+        x = x.mean(axis=(1, 2))  # [B, 768]
+        return nn.Dense(self.num_classes)(x)  # [B, num_classes]
 
 
 class InceptionV3(nn.Module):
-    """`(x [B, 299, 299, 3], *, train) -> logits [B, num_classes]` (at least 75x75 inputs)."""
+    """Inception v3; `__call__(x [B, H, W, 3], *, train) -> logits [B, num_classes]`, H, W >= 75."""
 
     num_classes: int = 1000
     activation: str = "relu"
     normalization: str = "batch"
-    dropout_rate: float = 0.5
+    dropout_rate: float = 0.5  # torchvision's
+    aux_logits: bool = False  # the auxiliary head, sown as intermediates/aux_logits
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         act, norm = self.activation, self.normalization
         for features, strides, padding in ((32, 2, "VALID"), (32, 1, "VALID"), (64, 1, "SAME")):
             x = ConvBlock(features, 3, strides, padding, act, norm)(x, train=train)
-        x = pool(x, "max", 3, 2)
+        x = pool(x, "max", 3, 2)  # [B, 73, 73, 64] at 299x299
         x = ConvBlock(80, 1, 1, "VALID", act, norm)(x, train=train)
-        x = ConvBlock(192, 3, 1, "VALID", act, norm)(x, train=train)
-        x = pool(x, "max", 3, 2)  # [B, 35, 35, 192] at 299x299
+        x = ConvBlock(192, 3, 1, "VALID", act, norm)(x, train=train)  # [B, 71, 71, 192]
+        x = pool(x, "max", 3, 2)  # [B, 35, 35, 192]
         for pool_features in (32, 64, 64):
-            x = InceptionA(act, norm, pool_features)(x, train=train)
+            x = InceptionA(act, norm, pool_features)(x, train=train)  # [B, 35, 35, 288] at last
         x = InceptionB(act, norm)(x, train=train)  # [B, 17, 17, 768]
         for channels in (128, 160, 160, 192):
             x = InceptionC(act, norm, channels)(x, train=train)
+        # As in GoogLeNet: the head runs at initialization (so its parameters exist) and in
+        # training, never at evaluation.
+        if self.aux_logits and (train or self.is_initializing()):
+            aux = InceptionAux(self.num_classes, act, norm)(x, train=train)
+            if train:
+                self.sow("intermediates", "aux_logits", aux)  # [B, num_classes]
         x = InceptionD(act, norm)(x, train=train)  # [B, 8, 8, 1280]
         x = InceptionE(act, norm)(x, train=train)
         x = InceptionE(act, norm)(x, train=train)  # [B, 8, 8, 2048]
-        x = x.mean(axis=(1, 2))
+        x = x.mean(axis=(1, 2))  # [B, 2048]
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return nn.Dense(self.num_classes)(x)
+        return nn.Dense(self.num_classes)(x)  # [B, num_classes]
