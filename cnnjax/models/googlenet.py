@@ -73,9 +73,8 @@ class Inception(nn.Module):
     wide_kernel: int = 3
 
     def _conv(self, x: jax.Array, features: int, kernel: int, train: bool) -> jax.Array:
-        block = ConvBlock(
-            features, kernel, 1, kernel // 2, self.activation, self.normalization
-        )  # padding kernel // 2 keeps H and W for odd kernels
+        padding = kernel // 2  # keeps H and W (the kernels are odd)
+        block = ConvBlock(features, kernel, 1, padding, self.activation, self.normalization)
         return block(x, train=train)
 
     @nn.compact
