@@ -112,8 +112,32 @@ def use_cifar10(config: ml_collections.ConfigDict, *, smoke: bool) -> ml_collect
     config.optimizer.schedule = "warmup_cosine"
     config.optimizer.warmup_epochs = 1.0
     config.train.epochs = 160
-    if smoke:
-        config.data.train_split = "train[:1024]"
-        config.data.eval_split = "test[:256]"
-        config.train.epochs = 1
+    return shrink_for_smoke(config, train_examples=1024, eval_examples=256) if smoke else config
+
+
+def shrink_for_smoke(
+    config: ml_collections.ConfigDict, *, train_examples: int = 256, eval_examples: int = 128
+) -> ml_collections.ConfigDict:
+    """The `:smoke` variant of a recipe: one epoch on a few examples, for tests (seconds)."""
+    config.data.train_split = f"train[:{train_examples}]"
+    config.data.eval_split = f"test[:{eval_examples}]"
+    config.train.epochs = 1
+    return config
+
+
+def use_fashion_mnist_task(
+    config: ml_collections.ConfigDict, task: str, *, train_examples: int | None = None
+) -> ml_collections.ConfigDict:
+    """A task built from Fashion-MNIST (cnnjax/data/tasks.py) with the task recipes' optimizer:
+    Adam 2e-3, cosine decay, batch 64, evaluation in batches of 250."""
+    config.data.name = "fashion_mnist"
+    config.data.task = task
+    if train_examples:
+        config.data.train_split = f"train[:{train_examples}]"
+    config.data.batch_size = 64
+    config.data.eval_batch_size = 250
+    config.optimizer.name = "adam"
+    config.optimizer.learning_rate = 2e-3
+    config.optimizer.schedule = "cosine"
+    config.train.log_every_steps = 20
     return config

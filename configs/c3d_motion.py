@@ -11,26 +11,13 @@ the first epoch (chance 0.125): the direction is easy once time is convolved; 20
 epochs, about 70-100 clips/s (3-D convolutions are slow on XLA:CPU).
 """
 
-from cnnjax.config_base import get_base_config, parse_arg
+from cnnjax.config_base import get_base_config, parse_arg, shrink_for_smoke, use_fashion_mnist_task
 
 
 def get_config(arg: str | None = None):
     args = parse_arg(arg, smoke=False)
-    config = get_base_config()
+    config = use_fashion_mnist_task(get_base_config(), "motion", train_examples=6000)
     config.model.name = "c3d_small"
-    config.data.name = "fashion_mnist"
-    config.data.task = "motion"
-    config.data.train_split = "train[:6000]"
     config.data.eval_split = "test[:2000]"
-    config.data.batch_size = 64
-    config.data.eval_batch_size = 250
-    config.optimizer.name = "adam"
-    config.optimizer.learning_rate = 2e-3
-    config.optimizer.schedule = "cosine"
     config.train.epochs = 2
-    config.train.log_every_steps = 20
-    if args.smoke:
-        config.data.train_split = "train[:256]"
-        config.data.eval_split = "test[:128]"
-        config.train.epochs = 1
-    return config
+    return shrink_for_smoke(config) if args.smoke else config

@@ -11,29 +11,15 @@ rising); 175 s wall, about 190-250 images/s. Background is about 80% of the pixe
 the IoU is still to be gained on the item classes: longer training is the next step.
 """
 
-from cnnjax.config_base import get_base_config, parse_arg
+from cnnjax.config_base import get_base_config, parse_arg, shrink_for_smoke, use_fashion_mnist_task
 
 
 def get_config(arg: str | None = None):
     args = parse_arg(arg, smoke=False)
-    config = get_base_config()
+    config = use_fashion_mnist_task(get_base_config(), "segmentation", train_examples=8000)
     config.model.name = "unet_small"
     config.model.normalization = "batch"
     # Base 8 features (not 16): a quarter of the MACs, ~4x the images/s on 2 CPU cores.
     config.model.options.base_features = 8
-    config.data.name = "fashion_mnist"
-    config.data.task = "segmentation"
-    config.data.train_split = "train[:8000]"
-    config.data.eval_split = "test"
-    config.data.batch_size = 64
-    config.data.eval_batch_size = 250
-    config.optimizer.name = "adam"
-    config.optimizer.learning_rate = 2e-3
-    config.optimizer.schedule = "cosine"
     config.train.epochs = 3
-    config.train.log_every_steps = 20
-    if args.smoke:
-        config.data.train_split = "train[:256]"
-        config.data.eval_split = "test[:128]"
-        config.train.epochs = 1
-    return config
+    return shrink_for_smoke(config) if args.smoke else config

@@ -65,7 +65,7 @@ def load_split(
 
 
 class _NotPrepared(Exception):
-    pass
+    """The dataset is not prepared in the data directory yet."""
 
 
 def _data_source(tfds, name: str, split: str, data_dir: str):
