@@ -1,7 +1,10 @@
-"""The `cnnjax` command line: `cnnjax train|models [flags]`.
+"""The `cnnjax` command line: `cnnjax train|sweep|report|models [flags]`.
 
     cnnjax train --config=configs/lenet5_fashion_mnist.py --workdir=runs/lenet5 \\
         [--config.optimizer.learning_rate=0.002] [--config=configs/x.py:smoke]
+    cnnjax sweep --config=experiments/relu_vs_tanh/config.py --workdir=runs/relu_vs_tanh \\
+        [--workers=2] [--dry_run] [--launcher=slurm --slurm_partition=gpu ...]
+    cnnjax report runs/relu_vs_tanh
     cnnjax models [--json]
 
 Problems the user can fix (bad flags, unknown names, missing data, an incompatible workdir)
@@ -27,8 +30,24 @@ _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run directory: checkpoints, logs and results; rerun to resume."
 )
 _JSON = flags.DEFINE_bool("json", False, "models: print a JSON list instead of a table.")
+_WORKERS = flags.DEFINE_integer(
+    "workers", 1, "sweep: runs at once on this machine, each pinned to its share of the cores."
+)
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "sweep: print what would run and start nothing.")
+_LAUNCHER = flags.DEFINE_enum("launcher", "local", ["local", "slurm"], "sweep: where runs go.")
+_SLURM_PARTITION = flags.DEFINE_string("slurm_partition", "", "sweep on SLURM: partition.")
+_SLURM_TIME = flags.DEFINE_string("slurm_time", "04:00:00", "sweep on SLURM: time per run.")
+_SLURM_CPUS = flags.DEFINE_integer("slurm_cpus_per_task", 4, "sweep on SLURM: CPUs per run.")
+_SLURM_GPUS = flags.DEFINE_integer("slurm_gpus_per_task", 0, "sweep on SLURM: GPUs per run.")
+_SLURM_MEM = flags.DEFINE_string("slurm_mem", "", "sweep on SLURM: memory per run, e.g. 16G.")
+_SLURM_MAX_PARALLEL = flags.DEFINE_integer(
+    "slurm_max_parallel", 0, "sweep on SLURM: array tasks at once (0: no limit)."
+)
+_SLURM_SETUP = flags.DEFINE_string(
+    "slurm_setup", "", "sweep on SLURM: shell line each task runs first (module load ...)."
+)
 
-USAGE = "usage: cnnjax {train,models} [flags]  (cnnjax COMMAND --help for the flags)"
+USAGE = "usage: cnnjax {train,sweep,report,models} [flags]  (cnnjax COMMAND --help for the flags)"
 
 
 def _fail(command: str, message: str) -> None:
@@ -60,14 +79,14 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def _config():
+def _config(command: str = "train"):
     """The parsed config; a file that failed to load is reported when first used."""
     try:
         config = _CONFIG.value
         config.keys()
     except OSError as error:
         lines = [line.strip() for line in str(error).splitlines() if "Errno" in line]
-        _fail("train", f"cannot load --config: {lines[0] if lines else _first_line(error)}")
+        _fail(command, f"cannot load --config: {lines[0] if lines else _first_line(error)}")
     return config
 
 
@@ -93,6 +112,47 @@ def _train(argv: list[str]) -> None:
     )
 
 
+def _sweep(argv: list[str]) -> None:
+    del argv
+    if _CONFIG.value is None or not _WORKDIR.value:
+        _fail("sweep", "--config=SWEEP_FILE and --workdir=DIR are both required")
+    if _WORKERS.value < 1:
+        _fail("sweep", f"--workers={_WORKERS.value}: give at least 1")
+    config = _config("sweep")
+    from cnnjax.sweep import command
+    from launch.slurm import SlurmOptions
+
+    slurm_options = SlurmOptions(
+        partition=_SLURM_PARTITION.value,
+        time=_SLURM_TIME.value,
+        cpus_per_task=_SLURM_CPUS.value,
+        gpus_per_task=_SLURM_GPUS.value,
+        mem=_SLURM_MEM.value,
+        max_parallel=_SLURM_MAX_PARALLEL.value,
+        setup=_SLURM_SETUP.value,
+    )
+    sys.exit(
+        command.sweep(
+            config,
+            config_flags.get_config_filename(flags.FLAGS["config"]),
+            os.path.abspath(_WORKDIR.value),
+            workers=_WORKERS.value,
+            launcher=_LAUNCHER.value,
+            dry_run=_DRY_RUN.value,
+            slurm_options=slurm_options,
+        )
+    )
+
+
+def _report(argv: list[str]) -> None:
+    directories = argv[1:]
+    if len(directories) != 1:
+        _fail("report", "give one sweep directory: cnnjax report DIR")
+    from cnnjax.sweep import command
+
+    sys.exit(command.report(directories[0]))
+
+
 def _models(argv: list[str]) -> None:
     del argv
     from cnnjax.models.inventory import describe_models
@@ -107,7 +167,7 @@ def _models(argv: list[str]) -> None:
         print(f"{row['name']:<16} {row['params']:>14,} {row['macs'] / 1e6:>10,.1f}  {shape}")
 
 
-COMMANDS = {"train": _train, "models": _models}
+COMMANDS = {"train": _train, "sweep": _sweep, "report": _report, "models": _models}
 
 
 def _main(argv: list[str], command: str) -> None:

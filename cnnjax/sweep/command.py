@@ -1,0 +1,128 @@
+"""What `cnnjax sweep` and `cnnjax report` do, apart from flag parsing (cnnjax/cli.py)."""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+from cnnjax.errors import UserError
+from cnnjax.sweep import report as sweep_report
+from cnnjax.sweep import status as run_status
+from cnnjax.sweep.plan import make_plan, write_plan
+
+
+def _states(plan) -> dict[str, str]:
+    return {run.run_id: run_status.run_state(run.workdir)[0] for run in plan.runs}
+
+
+def sweep(
+    config: ml_collections.ConfigDict,
+    config_file: str,
+    workdir: str,
+    *,
+    workers: int,
+    launcher: str,
+    dry_run: bool,
+    slurm_options=None,
+) -> int:
+    """Plans the sweep, runs (or submits) what is not done, writes the report; returns the exit
+    status (1 when a run failed)."""
+    plan = make_plan(config, workdir, sweep_file=config_file)
+    states = _states(plan)
+    todo = [r for r in plan.runs if states[r.run_id] not in (run_status.DONE, run_status.RUNNING)]
+    busy = [r for r in plan.runs if states[r.run_id] == run_status.RUNNING]
+    counts = {s: list(states.values()).count(s) for s in sorted(set(states.values()))}
+    print(
+        f"sweep: {len(plan.arms)} arms x {len(plan.runs) // max(len(plan.arms), 1)} seeds = "
+        f"{len(plan.runs)} runs in {plan.sweep_dir}/runs ({_counts(counts)})"
+    )
+    for run in busy:
+        print(f"  running elsewhere, left alone: {run.run_id}")
+    if launcher == "slurm":
+        return _slurm(plan, todo, dry_run, slurm_options)
+    if launcher != "local":
+        raise UserError(f"unknown --launcher={launcher!r}: use local or slurm")
+    from launch import local
+
+    if dry_run:
+        print("dry run: nothing is started; would run, in this order:")
+        print(local.describe(todo, workers) if todo else "nothing: every run is done")
+        return 0
+    write_plan(plan)
+    total = len(todo)
+
+    def on_finish(run, code):
+        state, status = run_status.run_state(run.workdir)
+        done = sum(1 for s in _states(plan).values() if s == run_status.DONE)
+        detail = status.get("error") if state == run_status.FAILED else _result_line(run.workdir)
+        print(f"[{done}/{len(plan.runs)} done] {state}: {run.run_id}  {detail or ''}", flush=True)
+        sweep_report.write_report(plan.sweep_dir)  # readable while the sweep goes on
+
+    if total:
+        print(f"running {total} runs, {workers} at a time (logs: <run>/{run_status.LOG_FILE})")
+        local.run_all(todo, workers, on_finish=on_finish)
+    return _finish(plan)
+
+
+def _counts(counts: dict) -> str:
+    return ", ".join(f"{n} {state}" for state, n in counts.items())
+
+
+def _result_line(workdir: str) -> str:
+    results = sweep_report._read_json(os.path.join(workdir, "results.json"))
+    accuracy = results.get("test_accuracy")
+    return f"test_accuracy {accuracy:.4f}" if accuracy is not None else ""
+
+
+def _finish(plan) -> int:
+    written = sweep_report.write_report(plan.sweep_dir)
+    print(f"\n{written['progress']}")
+    _print_paths(written["paths"])
+    failed = [r for r in plan.runs if run_status.run_state(r.workdir)[0] == run_status.FAILED]
+    for run in failed:
+        error = run_status.read_status(run.workdir).get("error")
+        print(f"  failed: {run.run_id}: {error}  (log: {run.workdir}/{run_status.LOG_FILE})")
+    if failed:
+        print("rerun the same command to retry the failed runs; finished runs are kept")
+    return 1 if failed else 0
+
+
+def _print_paths(paths: dict) -> None:
+    for name, path in paths.items():
+        print(f"  {name + ':':<10} {path}")
+
+
+def _slurm(plan, todo, dry_run: bool, options) -> int:
+    from launch import slurm
+
+    if dry_run:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as scratch:  # show the files without writing them
+            commands, script = slurm.write(scratch, todo, options)
+            print(
+                f"dry run: would write {plan.sweep_dir}/slurm/sweep.sbatch "
+                f"({len(todo)} array tasks) and submit it:\n"
+            )
+            text = open(script).read().replace(scratch, os.path.join(plan.sweep_dir))
+            print(text)
+            print(f"{plan.sweep_dir}/slurm/commands.txt:")
+            print(open(commands).read(), end="")
+        return 0
+    write_plan(plan)
+    commands, script = slurm.write(plan.sweep_dir, todo, options)
+    print(f"wrote {script} ({len(todo)} array tasks) and {commands}")
+    print(slurm.submit(script))
+    print(f"report at any time: cnnjax report {plan.sweep_dir}")
+    return 0
+
+
+def report(sweep_dir: str) -> int:
+    sweep_dir = os.path.abspath(sweep_dir)
+    if not os.path.isdir(sweep_dir):
+        raise UserError(f"{sweep_dir} does not exist: give the --workdir of a `cnnjax sweep`")
+    written = sweep_report.write_report(sweep_dir)
+    print(written["progress"])
+    _print_paths(written["paths"])
+    return 0

@@ -1,0 +1,258 @@
+"""A sweep declared in a config file, expanded into runs with stable ids and exact commands.
+
+A sweep config's `get_config()` returns a ConfigDict with:
+
+    base       recipe to start from, "path/to/recipe.py[:arg]" (relative paths are resolved
+               against the sweep file's folder, then the current directory)
+    overrides  values applied to every run, nested like the recipe ({"optimizer": {"name": "sgd"}})
+               or flat with dotted keys
+    axes       list of factors; each factor is {dotted.key: (values...)}; keys within one factor
+               are zipped (equal lengths), factors are crossed (product)
+    seeds      seeds to repeat every arm with (`seed` of the recipe)
+    report     what `cnnjax report` summarizes (see cnnjax/sweep/report.py)
+
+An arm is one combination of factor values; a run is an arm with a seed. A run's id is
+`<readable arm>_seed<k>_<hash>`, where the hash is taken over the resolved training config, so
+it is the same on every machine and changes whenever anything that affects the run changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import os
+import re
+import shlex
+import sys
+
+import ml_collections
+from ml_collections.config_flags import config_flags
+
+from cnnjax.errors import UserError
+
+PLAN_FILE = "sweep.json"
+RUNS_DIR = "runs"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One run of a sweep: its arm, seed, id, workdir and the `cnnjax train` arguments."""
+
+    run_id: str
+    arm: str  # "activation=tanh, learning_rate=0.01"
+    factors: dict  # {dotted.key: value} of the arm
+    levels: tuple[str, ...]  # one label per factor: ("activation=tanh", "learning_rate=0.01")
+    seed: int
+    workdir: str
+    train_args: tuple[str, ...]  # arguments after `cnnjax`
+
+    def command(self, python: str = sys.executable) -> list[str]:
+        """The argv of this run: `python -m cnnjax.cli train ...`."""
+        return [python, "-m", "cnnjax.cli", *self.train_args]
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepPlan:
+    sweep_dir: str
+    base: str
+    arms: tuple[str, ...]  # in declaration order; the first is the reference of comparisons
+    runs: tuple[RunSpec, ...]
+    report: dict
+
+    def to_json(self) -> dict:
+        return {
+            "base": self.base,
+            "arms": list(self.arms),
+            "report": self.report,
+            "runs": [
+                {
+                    **dataclasses.asdict(r),
+                    "train_args": list(r.train_args),
+                    "levels": list(r.levels),
+                }
+                for r in self.runs
+            ],
+        }
+
+
+def load_config_file(path_and_arg: str) -> ml_collections.ConfigDict:
+    """Loads `file.py[:arg]` as `--config=` would, unlocked."""
+    parser = config_flags.ConfigFileFlagParser(name="config", lock_config=False)
+    try:
+        return parser.parse(path_and_arg)
+    except UserError:
+        raise
+    except Exception as error:  # noqa: BLE001 (anything raised by the file's get_config)
+        message = str(error).strip().splitlines()
+        raise UserError(
+            f"cannot load {path_and_arg!r} ({type(error).__name__}: "
+            f"{message[-1] if message else ''})"
+        ) from None
+
+
+def format_value(value) -> str:
+    """`value` as `--config.key=` expects it (the inverse of ml_collections' parser)."""
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, (tuple, list)):
+        inner = ",".join(format_value(v) for v in value)
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
+    if value is None:
+        return "None"
+    return str(value)
+
+
+def _set(config: ml_collections.ConfigDict, key: str, value, where: str) -> None:
+    *parents, leaf = key.split(".")
+    node = config
+    try:
+        for name in parents:
+            node = node[name]
+        if leaf not in node:
+            raise KeyError(leaf)
+        node[leaf] = tuple(value) if isinstance(value, list) else value
+    except KeyError:
+        raise UserError(
+            f"{where}: the recipe has no key {key!r} (sweeps can only change existing keys)"
+        ) from None
+    except TypeError as error:
+        raise UserError(f"{where}: {key}={value!r} has the wrong type ({error})") from None
+
+
+def _resolve_base(base: str, sweep_file: str | None) -> str:
+    path, sep, arg = base.partition(":")
+    if not os.path.isabs(path):
+        candidates = [os.path.join(os.path.dirname(sweep_file), path)] if sweep_file else []
+        candidates.append(os.path.abspath(path))
+        path = next((c for c in candidates if os.path.exists(c)), candidates[-1])
+    if not os.path.exists(path):
+        raise UserError(f"the sweep's base recipe {base!r} does not exist")
+    return os.path.abspath(path) + sep + arg
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}, "c.d": 2} -> {"a.b": 1, "c.d": 2}."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def expand_factors(axes: list[dict]) -> list[tuple[dict, list[str]]]:
+    """The arms of `axes` as (overrides, level labels): keys zipped within a factor, factors
+    crossed. A factor may name its levels with `"_labels": (...)` and itself with `"_name"`
+    (e.g. {"_name": "augment", "_labels": ("none", "flip"), "data.augment.horizontal_flip":
+    (False, True)} gives arms labelled "augment=none" and "augment=flip")."""
+    levels = []
+    for index, factor in enumerate(axes):
+        keys = [k for k in factor if not k.startswith("_")]
+        lengths = {len(factor[k]) for k in keys} | (
+            {len(factor["_labels"])} if "_labels" in factor else set()
+        )
+        if not keys or len(lengths) != 1 or 0 in lengths:
+            raise UserError(
+                f"sweep axes[{index}]: the zipped keys {keys} (and _labels) need value lists of "
+                "one equal, non-zero length"
+            )
+        rows = []
+        for position, values in enumerate(zip(*(factor[k] for k in keys), strict=True)):
+            overrides = dict(zip(keys, values, strict=True))
+            name = factor.get("_name") or keys[0].split(".")[-1]
+            if "_labels" in factor:
+                label = f"{name}={factor['_labels'][position]}"
+            elif "_name" in factor:
+                label = f"{name}=" + ",".join(format_value(v) for v in values)
+            else:
+                label = ", ".join(
+                    f"{k.split('.')[-1]}={format_value(v)}" for k, v in overrides.items()
+                )
+            rows.append((overrides, label))
+        levels.append(rows)
+    return [
+        (
+            {k: v for overrides, _ in combination for k, v in overrides.items()},
+            [label for _, label in combination],
+        )
+        for combination in itertools.product(*levels)
+    ]
+
+
+def _slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.=-]+", "_", label.replace(", ", "_")).strip("_") or "base"
+
+
+def config_hash(config: ml_collections.ConfigDict) -> str:
+    text = json.dumps(json.loads(config.to_json_best_effort()), sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+def make_plan(
+    sweep: ml_collections.ConfigDict, sweep_dir: str, sweep_file: str | None = None
+) -> SweepPlan:
+    """Expands `sweep` into runs under `sweep_dir/runs/`, checking every override up front."""
+    for key in ("base", "axes", "seeds"):
+        if key not in sweep:
+            raise UserError(
+                f"the sweep config has no {key!r}: a sweep config declares base, axes and seeds "
+                "(see experiments/relu_vs_tanh/config.py); `cnnjax train` runs a plain recipe"
+            )
+    plain = sweep.to_dict()
+    base = _resolve_base(plain["base"], sweep_file)
+    fixed = flatten(plain.get("overrides") or {})
+    seeds = [int(s) for s in plain["seeds"]]
+    if not seeds:
+        raise UserError("the sweep has no seeds: set seeds=(0,) at least")
+    arms, runs = [], []
+    for factors, levels in expand_factors(list(plain["axes"])):
+        label = ", ".join(levels) or "base"
+        arms.append(label)
+        for seed in seeds:
+            config = load_config_file(base)
+            overrides = {**fixed, **factors, "seed": seed}
+            for key, value in overrides.items():
+                _set(config, key, value, where=f"sweep arm {label!r}")
+            run_id = f"{_slug(label)}_seed{seed}_{config_hash(config)}"
+            workdir = os.path.join(os.path.abspath(sweep_dir), RUNS_DIR, run_id)
+            args = ("train", f"--config={base}", f"--workdir={workdir}")
+            args += tuple(f"--config.{k}={format_value(v)}" for k, v in overrides.items())
+            runs.append(RunSpec(run_id, label, factors, tuple(levels), seed, workdir, args))
+    if len({r.run_id for r in runs}) != len(runs):
+        raise UserError("two runs of the sweep resolve to the same config: remove duplicate values")
+    return SweepPlan(
+        os.path.abspath(sweep_dir), base, tuple(arms), tuple(runs), dict(plain.get("report") or {})
+    )
+
+
+def write_plan(plan: SweepPlan) -> str:
+    """Writes `sweep.json` (what `cnnjax report` reads) into the sweep directory."""
+    os.makedirs(plan.sweep_dir, exist_ok=True)
+    path = os.path.join(plan.sweep_dir, PLAN_FILE)
+    previous = read_plan_json(plan.sweep_dir)
+    if previous and {r["run_id"] for r in previous["runs"]} != {r.run_id for r in plan.runs}:
+        # Runs of the old plan stay on disk; the report covers the plan written last.
+        print(f"note: {path} held a different sweep; its runs are kept, the new plan replaces it")
+    with open(path, "w") as f:
+        json.dump(plan.to_json(), f, indent=2)
+    return path
+
+
+def read_plan_json(sweep_dir: str) -> dict | None:
+    path = os.path.join(sweep_dir, PLAN_FILE)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as error:
+        raise UserError(
+            f"{path} is unreadable ({error}): rerun `cnnjax sweep` to rewrite it"
+        ) from None
+
+
+def shell_line(argv: list[str]) -> str:
+    return " ".join(shlex.quote(a) for a in argv)

@@ -1,0 +1,107 @@
+"""The report's figures: learning curves per arm with 95% bands, and a bar chart per arm."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+from cnnjax.sweep import stats  # noqa: E402
+from cnnjax.sweep.report import DEFAULT_CURVES  # noqa: E402
+
+
+def arm_curve(series: list[list[tuple[float, float]]]):
+    """Mean and 95% band over seeds at each epoch logged by the runs: (epochs, mean, lo, hi)."""
+    by_epoch = defaultdict(list)
+    for points in series:
+        for epoch, value in points:
+            by_epoch[round(epoch, 6)].append(value)
+    epochs = sorted(by_epoch)
+    summaries = [stats.summarize(by_epoch[e]) for e in epochs]
+    mean = [s.mean for s in summaries]
+    low = [s.ci_low if math.isfinite(s.ci_low) else s.mean for s in summaries]
+    high = [s.ci_high if math.isfinite(s.ci_high) else s.mean for s in summaries]
+    return epochs, mean, low, high
+
+
+def draw(collected: dict, summaries: dict, out: str, *, partial: bool) -> dict:
+    curves = [tuple(c) for c in (collected["plan"].get("report") or {}).get("curves") or ()]
+    curves = curves or list(DEFAULT_CURVES)
+    suffix = " (PARTIAL)" if partial else ""
+    paths = {"curves": os.path.join(out, "curves.png")}
+    fig, axes = plt.subplots(1, len(curves), figsize=(5.5 * len(curves), 4), squeeze=False)
+    for ax, (split, key) in zip(axes[0], curves, strict=True):
+        for arm in collected["plan"]["arms"]:
+            series = [
+                [
+                    (r["epoch"], r[key])
+                    for r in collected["curves"][row["run_id"]]
+                    if r.get("split") == split and key in r
+                ]
+                for row in collected["rows"]
+                if row["arm"] == arm
+            ]
+            series = [s for s in series if s]
+            if not series:
+                continue
+            epochs, mean, low, high = arm_curve(series)
+            (line,) = ax.plot(epochs, mean, label=f"{arm} (n={len(series)})", linewidth=1.4)
+            ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+        for threshold in collected["thresholds"]:
+            if threshold["split"] == split and threshold["key"] == key:
+                value = threshold.get("at_least", threshold.get("at_most"))
+                ax.axhline(value, color="gray", linestyle="--", linewidth=1)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"{split} {key}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"mean over seeds, 95% band{suffix}")
+    fig.tight_layout()
+    fig.savefig(paths["curves"], dpi=120)
+    plt.close(fig)
+
+    for metric in collected["metrics"][:1] + [t["name"] for t in collected["thresholds"]]:
+        paths[metric] = _bars(
+            collected, summaries, metric, os.path.join(out, f"{metric}.png"), suffix
+        )
+    return paths
+
+
+def _bars(collected: dict, summaries: dict, metric: str, path: str, suffix: str) -> str:
+    arms = collected["plan"]["arms"]
+    means = [summaries[a][metric].mean for a in arms]
+    errors = [summaries[a][metric].half_width for a in arms]
+    errors = [e if math.isfinite(e) else 0.0 for e in errors]
+    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(arms) + 2), 4))
+    ax.bar(
+        range(len(arms)),
+        [m if math.isfinite(m) else 0 for m in means],
+        yerr=errors,
+        capsize=4,
+        color="tab:blue",
+        alpha=0.8,
+    )
+    for index, arm in enumerate(arms):  # each seed as a dot over its arm's bar
+        values = [
+            r[metric]
+            for r in collected["rows"]
+            if r["arm"] == arm and r["state"] == "done" and r[metric] is not None
+        ]
+        ax.plot([index] * len(values), values, "k.", markersize=4)
+    finite = [m for m in means if math.isfinite(m)]
+    if finite and metric.endswith("accuracy"):
+        ax.set_ylim(max(0.0, min(finite) - 0.05), min(1.0, max(finite) + 0.03))
+    ax.set_xticks(range(len(arms)))
+    ax.set_xticklabels([a.replace(", ", "\n") for a in arms], fontsize=7)
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric}: mean and 95% CI over seeds{suffix}")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,257 @@
+"""`cnnjax sweep` end to end: kill and resume, failing runs, SLURM arrays, the report's numbers."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from cnnjax.sweep import status as run_status
+from cnnjax.sweep.stats import summarize
+from tests.conftest import RECIPE, ROOT, TEST_DATA_DIR, run_cnnjax
+
+SMOKE = os.path.join(ROOT, "experiments", "relu_vs_tanh", "config.py") + ":smoke"
+
+
+def _env(**extra):
+    return dict(os.environ, TFDS_DATA_DIR=TEST_DATA_DIR, **extra)
+
+
+def _plan(sweep_dir) -> dict:
+    with open(os.path.join(sweep_dir, "sweep.json")) as f:
+        return json.load(f)
+
+
+def _states(sweep_dir) -> dict:
+    return {r["run_id"]: run_status.run_state(r["workdir"]) for r in _plan(sweep_dir)["runs"]}
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _latest_checkpoint(workdir) -> int:
+    folder = os.path.join(workdir, "checkpoints")
+    steps = [int(n) for n in os.listdir(folder) if n.isdigit()] if os.path.isdir(folder) else []
+    return max(steps, default=0)
+
+
+def _read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_killed_sweep_resumes_without_rerunning_finished_runs(tmp_path, data_dir):
+    sweep_dir = str(tmp_path / "sweep")
+    command = [
+        sys.executable,
+        "-m",
+        "cnnjax.cli",
+        "sweep",
+        f"--config={SMOKE}",
+        f"--workdir={sweep_dir}",
+        "--workers=1",
+    ]
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        _wait_for(lambda: os.path.exists(os.path.join(sweep_dir, "sweep.json")), 60, "the plan")
+        _wait_for(
+            lambda: sum(s == "done" for s, _ in _states(sweep_dir).values()) >= 1,
+            240,
+            "the first run to finish",
+        )
+        process.send_signal(signal.SIGKILL)  # no chance to clean up: the worst case
+    finally:
+        process.wait(timeout=30)
+    # The runs die with the sweep (their locks are released), nothing keeps running.
+    _wait_for(
+        lambda: all(s != "running" for s, _ in _states(sweep_dir).values()),
+        30,
+        "the runs of the killed sweep to stop",
+    )
+    before = _states(sweep_dir)
+    finished = [run_id for run_id, (state, _) in before.items() if state == "done"]
+    assert 1 <= len(finished) < 4, before
+    plan = _plan(sweep_dir)
+    workdir = {r["run_id"]: r["workdir"] for r in plan["runs"]}
+    mtimes = {r: os.path.getmtime(os.path.join(workdir[r], "results.json")) for r in finished}
+    checkpointed = {r: _latest_checkpoint(workdir[r]) for r in workdir}
+
+    # A partial report works while runs are missing, and says so.
+    partial = run_cnnjax("report", sweep_dir)
+    assert partial.returncode == 0, partial.stderr
+    assert "PARTIAL" in partial.stdout
+
+    again = subprocess.run(
+        command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    after = _states(sweep_dir)
+    assert all(state == "done" for state, _ in after.values()), after
+    for run_id in finished:  # not rerun: one attempt, results untouched
+        assert after[run_id][1]["attempts"] == 1
+        assert os.path.getmtime(os.path.join(workdir[run_id], "results.json")) == mtimes[run_id]
+    for run_id, (state, _) in before.items():
+        if state == "interrupted":  # started before the kill: a second attempt, resumed
+            assert after[run_id][1]["attempts"] == 2
+            resumed = json.load(open(os.path.join(workdir[run_id], "results.json")))
+            assert resumed["resumed_from_step"] == checkpointed[run_id]
+
+    rows = _read_csv(os.path.join(sweep_dir, "report", "results.csv"))
+    assert sorted(r["run_id"] for r in rows) == sorted(workdir)
+    summary = json.load(open(os.path.join(sweep_dir, "report", "summary.json")))
+    assert summary["progress"] == "complete: all 4 runs done"
+    assert list(summary["arms"]) == plan["arms"] and len(plan["arms"]) == 2
+    for arm in plan["arms"]:
+        accuracies = [
+            json.load(open(os.path.join(r["workdir"], "results.json")))["test_accuracy"]
+            for r in plan["runs"]
+            if r["arm"] == arm
+        ]
+        assert len(accuracies) == 2
+        reported = summary["arms"][arm]["test_accuracy"]
+        assert reported["n"] == 2
+        assert reported["mean"] == pytest.approx(np.mean(accuracies), abs=1e-12)
+        assert reported["std"] == pytest.approx(np.std(accuracies, ddof=1), abs=1e-12)
+        assert reported == pytest.approx(vars(summarize(accuracies)), nan_ok=True)
+    markdown = open(os.path.join(sweep_dir, "report", "summary.md")).read()
+    assert "complete: all 4 runs done" in markdown and "epochs_to_train_error_60" in markdown
+    for name in ("curves.png", "train_accuracy.png", "epochs_to_train_error_60.png"):
+        assert os.path.getsize(os.path.join(sweep_dir, "report", name)) > 10_000
+
+
+def test_failing_run_does_not_stop_the_sweep_and_is_reported(tmp_path, data_dir):
+    config = tmp_path / "sweep.py"
+    config.write_text(
+        "import ml_collections\n"
+        "def get_config():\n"
+        "    s = ml_collections.ConfigDict()\n"
+        f"    s.base = {RECIPE + ':smoke'!r}\n"
+        "    s.overrides = {'train': {'epochs': 1}}\n"
+        "    s.axes = [{'data.batch_size': (64, 100000)}]\n"
+        "    s.seeds = (0,)\n"
+        "    return s\n"
+    )
+    sweep_dir = str(tmp_path / "sweep")
+    result = run_cnnjax("sweep", f"--config={config}", f"--workdir={sweep_dir}", "--workers=2")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "failed: batch_size=100000_seed0_" in result.stdout
+    rows = {r["arm"]: r for r in _read_csv(os.path.join(sweep_dir, "report", "results.csv"))}
+    assert rows["batch_size=64"]["state"] == "done"
+    assert float(rows["batch_size=64"]["test_accuracy"]) > 0.1
+    failed = rows["batch_size=100000"]
+    assert failed["state"] == "failed"
+    assert failed["error"].startswith("cnnjax train: error: the training split has 2560 examples")
+    markdown = open(os.path.join(sweep_dir, "report", "summary.md")).read()
+    assert "## Failed runs" in markdown and "fewer than one batch of 100000" in markdown
+    assert "PARTIAL: 1 of 2 runs done (1 failed)" in markdown
+
+
+def test_slurm_dry_run_prints_the_array_and_writes_nothing(tmp_path):
+    sweep_dir = str(tmp_path / "sweep")
+    result = run_cnnjax(
+        "sweep",
+        f"--config={SMOKE}",
+        f"--workdir={sweep_dir}",
+        "--launcher=slurm",
+        "--dry_run",
+        "--slurm_partition=gpu",
+        "--slurm_gpus_per_task=1",
+        "--slurm_max_parallel=2",
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "#SBATCH --array=0-3%2" in out and "#SBATCH --partition=gpu" in out
+    assert "#SBATCH --gpus-per-task=1" in out and "#SBATCH --requeue" in out
+    lines = [line for line in out.splitlines() if "-m cnnjax.sweep.worker" in line]
+    assert len(lines) == 4
+    assert len({line.split()[3] for line in lines}) == 4  # one workdir per run
+    assert all(line.split()[3].startswith(f"{sweep_dir}/runs/") for line in lines)
+    assert not os.path.exists(sweep_dir)
+
+
+def test_slurm_script_covers_runs_not_done_and_resubmits_safely(tmp_path, data_dir):
+    sweep_dir = str(tmp_path / "sweep")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "sbatch"  # records its argument instead of queueing a job
+    fake.write_text(f'#!/bin/sh\necho "$1" >> {tmp_path}/submitted\necho Submitted batch job 42\n')
+    fake.chmod(0o755)
+    env = _env(PATH=f"{bin_dir}:{os.environ['PATH']}")
+    command = [
+        sys.executable,
+        "-m",
+        "cnnjax.cli",
+        "sweep",
+        f"--config={SMOKE}",
+        f"--workdir={sweep_dir}",
+        "--launcher=slurm",
+    ]
+    first = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    assert "Submitted batch job 42" in first.stdout
+    script = os.path.join(sweep_dir, "slurm", "sweep.sbatch")
+    assert open(tmp_path / "submitted").read().strip() == script
+    text = open(script).read()
+    assert "#SBATCH --array=0-3\n" in text and "--open-mode=append" in text
+    commands = open(os.path.join(sweep_dir, "slurm", "commands.txt")).read().splitlines()
+    plan = _plan(sweep_dir)
+    assert [c.split()[3] for c in commands] == [r["workdir"] for r in plan["runs"]]
+
+    # Array task 0 runs line 1 as the script does; the run trains to the end.
+    task = subprocess.run(
+        ["bash", "-c", commands[0]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert task.returncode == 0, task.stderr
+    done = plan["runs"][0]["workdir"]
+    assert run_status.run_state(done)[0] == "done"
+    # A requeued or resubmitted task of a finished run exits at once and changes nothing.
+    stamp = os.path.getmtime(os.path.join(done, "results.json"))
+    again = subprocess.run(["bash", "-c", commands[0]], cwd=ROOT, env=env, timeout=60)
+    assert again.returncode == 0
+    assert os.path.getmtime(os.path.join(done, "results.json")) == stamp
+    assert run_status.read_status(done)["attempts"] == 1
+    # Resubmitting the sweep covers only the three runs left.
+    second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr
+    assert "#SBATCH --array=0-2\n" in open(script).read()
+    remaining = open(os.path.join(sweep_dir, "slurm", "commands.txt")).read().splitlines()
+    assert [c.split()[3] for c in remaining] == [r["workdir"] for r in plan["runs"][1:]]
+
+
+def test_a_run_held_by_a_live_process_is_left_alone(tmp_path):
+    workdir = str(tmp_path / "run")
+    lock = run_status.try_lock(workdir)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "cnnjax.sweep.worker", workdir, "--", "true"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 75
+        assert "another process is running it" in result.stderr
+        assert run_status.run_state(workdir)[0] == "running"
+        assert not os.path.exists(os.path.join(workdir, run_status.STATUS_FILE))
+    finally:
+        lock.close()
+    assert run_status.run_state(workdir)[0] == "pending"
+
+
+def test_report_of_a_directory_without_a_sweep_is_one_line(tmp_path):
+    result = run_cnnjax("report", str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "has no sweep.json" in result.stderr
