@@ -68,6 +68,9 @@ def _parse_flags(argv: list[str], command: str) -> list[str]:
             "the config file (overrides cannot add keys) or see --helpfull",
         )
     except flags.Error as error:
+        text = str(error).strip()
+        if "Error whilst parsing config file" in text:  # the config's own exception, last line
+            _fail(command, f"cannot load --config ({text.splitlines()[-1].strip()})")
         _fail(command, f"{_first_line(error)} (check the flag's value; --helpfull lists flags)")
     except Exception as error:  # noqa: BLE001 (anything raised while running get_config)
         _fail(command, f"cannot load --config ({type(error).__name__}: {_first_line(error)})")

@@ -138,3 +138,12 @@ def test_error_line_is_the_one_line_error_or_the_exception():
     traceback = "Traceback (most recent call last):\n  File x\nValueError: boom\n"
     assert error_line(traceback) == "ValueError: boom"
     assert error_line("") == "no output"
+
+
+def test_local_workers_get_disjoint_core_slots():
+    from launch.local import core_slots
+
+    assert core_slots(2, cores=[0, 1]) == [(0,), (1,)]
+    assert core_slots(2, cores=[0, 1, 2, 3, 4]) == [(0, 1), (2, 3)]
+    assert core_slots(1, cores=[3, 1]) == [(1, 3)]
+    assert core_slots(3, cores=[0, 1]) == [(0,), (1,), (0,)]  # more workers than cores: shared

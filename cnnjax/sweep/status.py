@@ -62,10 +62,11 @@ def is_locked(workdir: str) -> bool:
         return False
 
 
-def run_state(workdir: str) -> tuple[str, dict]:
-    """(state, status fields) of the run in `workdir`."""
+def run_state(workdir: str, *, holding_lock: bool = False) -> tuple[str, dict]:
+    """(state, status fields) of the run in `workdir`; `holding_lock` when the caller holds it
+    (a second flock from the same process would conflict with its own)."""
     status = read_status(workdir)
-    if is_locked(workdir):
+    if not holding_lock and is_locked(workdir):
         return RUNNING, status
     state = status.get("state")
     if state == DONE and os.path.exists(os.path.join(workdir, "results.json")):

@@ -55,7 +55,7 @@ def run(workdir: str, command: list[str]) -> int:
     if lock is None:
         print(f"{workdir}: another process is running it; leaving it alone", file=sys.stderr)
         return ALREADY_RUNNING
-    state, previous = run_status.run_state(workdir)
+    state, previous = run_status.run_state(workdir, holding_lock=True)
     if state == run_status.DONE:
         return 0
     attempts = int(previous.get("attempts", 0)) + 1

@@ -10,9 +10,9 @@ augmentation), SGD with momentum 0.9, constant learning rate, batch 128. The pap
 network's learning rate separately "to make training as fast as possible"; so does `stage=tune`
 (three learning rates per activation, seed 0), and the main stage uses each activation's fastest
 one on seeds 1-5 (not the tuning seed). The measured figure is the number of epochs until the
-running training error (mean over 40-step windows) first drops to the threshold: 25% on CIFAR-10
-as in the paper, 15% on Fashion-MNIST (an easier dataset: 25% is crossed within a fraction of an
-epoch by both activations).
+running training error (mean over 40-step windows of 128 images) first drops to the threshold:
+25% on CIFAR-10 as in the paper; 15% and 12% on Fashion-MNIST, an easier dataset on which 25% is
+crossed within a fifth of an epoch by both activations.
 
 Arguments (`config.py:key=value,...`): stage=tune|main, dataset=fashion_mnist|cifar10,
 smoke (a tiny budget for tests: 1,024 examples, 2 seeds, seconds per run).
@@ -27,7 +27,10 @@ from cnnjax.config_base import parse_arg
 # epochs to the threshold for each activation.
 TUNED_LEARNING_RATE = {"fashion_mnist": {"relu": 0.03, "tanh": 0.03}}
 TUNING_LEARNING_RATES = (0.01, 0.03, 0.1)
-THRESHOLD_ERROR = {"fashion_mnist": 0.15, "cifar10": 0.25}
+# Training-error thresholds: the paper's 25% on CIFAR-10; on Fashion-MNIST 25% is crossed within
+# a fifth of an epoch, so the report gives 15% (mid-training) and 12% (close to where this small
+# net levels off within 3 epochs).
+THRESHOLD_ERRORS = {"fashion_mnist": (0.15, 0.12), "cifar10": (0.25,)}
 
 
 def get_config(arg: str | None = None):
@@ -48,7 +51,7 @@ def get_config(arg: str | None = None):
         },
         "train": {"epochs": epochs, "log_every_steps": 40, "eval_every_epochs": 1},
     }
-    error = THRESHOLD_ERROR[args.dataset]
+    errors = THRESHOLD_ERRORS[args.dataset]
     if args.stage == "tune":
         sweep.axes = [
             {"model.activation": ("relu", "tanh")},
@@ -66,16 +69,23 @@ def get_config(arg: str | None = None):
         ]
         sweep.seeds = (1, 2, 3, 4, 5)
     if args.smoke:
-        error = 0.6
+        errors = (0.6,)
         sweep.overrides["data"]["train_split"] = "train[:1024]"
         sweep.overrides["data"]["eval_split"] = "test[:256]"
         sweep.overrides["train"]["epochs"] = 2
         sweep.overrides["train"]["log_every_steps"] = 2
         sweep.seeds = (0, 1)
-    name = f"epochs_to_train_error_{round(error * 100)}"
     sweep.report = {
         "metrics": ("train_accuracy", "test_accuracy"),
-        "thresholds": [{"name": name, "split": "train", "key": "accuracy", "at_least": 1 - error}],
+        "thresholds": [
+            {
+                "name": f"epochs_to_train_error_{round(e * 100)}",
+                "split": "train",
+                "key": "accuracy",
+                "at_least": round(1 - e, 6),
+            }
+            for e in errors
+        ],
         "curves": [("train", "accuracy"), ("test", "accuracy")],
     }
     return sweep
