@@ -93,6 +93,17 @@ def _bars(collected: dict, summaries: dict, metric: str, path: str, suffix: str)
             if r["arm"] == arm and r["state"] == "done" and r[metric] is not None
         ]
         ax.plot([index] * len(values), values, "k.", markersize=4)
+        n = summaries[arm][metric].n
+        note = f"n={n}" if n else ("not reached" if _is_threshold(collected, metric) else "no runs")
+        ax.annotate(
+            note,
+            (index, 0),
+            xytext=(0, 3),
+            textcoords="offset points",
+            ha="center",
+            fontsize=7,
+            xycoords=("data", "axes fraction"),
+        )
     finite = [m for m in means if math.isfinite(m)]
     if finite and metric.endswith("accuracy"):
         ax.set_ylim(max(0.0, min(finite) - 0.05), min(1.0, max(finite) + 0.03))
@@ -105,3 +116,7 @@ def _bars(collected: dict, summaries: dict, metric: str, path: str, suffix: str)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _is_threshold(collected: dict, metric: str) -> bool:
+    return any(t["name"] == metric for t in collected["thresholds"])

@@ -14,7 +14,8 @@ three seeds per arm. Weight decay can be crossed in with one more axis
 ({"optimizer.weight_decay": (0.0, 5e-4)}).
 
 Arguments: train_examples=10000 (0 = the full 60,000), epochs=20, dataset=fashion_mnist|cifar10
-(cifar10 uses crops padded by 4), smoke (tiny budget for tests).
+(cifar10 uses crops padded by 4), download (let TFDS download the dataset), smoke (a tiny
+budget for tests).
 See README.md for the measured table.
 """
 
@@ -24,14 +25,16 @@ from cnnjax.config_base import parse_arg
 
 
 def get_config(arg: str | None = None):
-    args = parse_arg(arg, train_examples=10000, epochs=20, dataset="fashion_mnist", smoke=False)
+    args = parse_arg(
+        arg, train_examples=10000, epochs=20, dataset="fashion_mnist", download=False, smoke=False
+    )
     sweep = ml_collections.ConfigDict()
     sweep.base = "../../configs/lenet5_fashion_mnist.py"
     train_split = f"train[:{args.train_examples}]" if args.train_examples else "train"
     crop = 4 if args.dataset == "cifar10" else 2
     sweep.overrides = {
         "model": {"normalization": "none"},
-        "data": {"name": args.dataset, "train_split": train_split},
+        "data": {"name": args.dataset, "train_split": train_split, "download": args.download},
         "train": {"epochs": args.epochs, "eval_every_epochs": 2, "log_every_steps": 20},
     }
     sweep.axes = [
