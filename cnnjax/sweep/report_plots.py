@@ -59,7 +59,8 @@ def draw(collected: dict, summaries: dict, out: str, *, partial: bool) -> dict:
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"{split} {key}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.suptitle(f"mean over seeds, 95% band{suffix}")
     fig.tight_layout()
     fig.savefig(paths["curves"], dpi=120)
