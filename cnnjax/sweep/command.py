@@ -61,7 +61,12 @@ def sweep(
 
     if total:
         print(f"running {total} runs, {workers} at a time (logs: <run>/{run_status.LOG_FILE})")
-        local.run_all(todo, workers, on_finish=on_finish)
+        try:
+            local.run_all(todo, workers, on_finish=on_finish)
+        except KeyboardInterrupt:  # the runs were stopped; their checkpoints remain
+            sweep_report.write_report(plan.sweep_dir)
+            print("\ninterrupted: rerun the same command to resume (finished runs are kept)")
+            return 130
     return _finish(plan)
 
 
