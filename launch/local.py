@@ -58,6 +58,8 @@ def _start(run: RunSpec, cores: tuple[int, ...]) -> subprocess.Popen:
         stdout=subprocess.DEVNULL,  # the worker logs the run into its workdir
         stderr=subprocess.DEVNULL,
         preexec_fn=pin_and_tie,
+        # Its own session: Ctrl-C reaches only the launcher, which stops the runs itself.
+        start_new_session=True,
     )
 
 
