@@ -36,7 +36,7 @@ def measure(name: str, batch_size: int, windows: int, steps_per_window: int) -> 
     state = create_train_state(
         models.create(name), tx, input_shape=(height, width, channels), seed=0
     )
-    train_fn, _ = make_steps(num_classes=10, label_smoothing=0.0)
+    train_fn, _, _ = make_steps(num_classes=10, label_smoothing=0.0)
     rng = np.random.default_rng(0)
     batch = jax.device_put(
         {

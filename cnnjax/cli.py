@@ -30,6 +30,12 @@ _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run directory: checkpoints, logs and results; rerun to resume."
 )
 _JSON = flags.DEFINE_bool("json", False, "models: print a JSON list instead of a table.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed",
+    False,
+    "train: one run over several processes/hosts (CNNJAX_COORDINATOR_ADDRESS, "
+    "CNNJAX_NUM_PROCESSES, CNNJAX_PROCESS_ID, or SLURM / Cloud TPU detected by JAX).",
+)
 _WORKERS = flags.DEFINE_integer(
     "workers", 1, "sweep: runs at once on this machine, each pinned to its share of the cores."
 )
@@ -98,12 +104,20 @@ def _train(argv: list[str]) -> None:
     if _CONFIG.value is None or not _WORKDIR.value:
         _fail("train", "--config=FILE and --workdir=DIR are both required")
     config = _config()
+    if _DISTRIBUTED.value:  # before anything touches a device
+        from cnnjax.parallel import distributed
+
+        distributed.initialize()
     from cnnjax.train import (
         train_and_evaluate,  # heavy imports only for the command that needs them
     )
 
     workdir = os.path.abspath(_WORKDIR.value)
     results = train_and_evaluate(config, workdir)
+    import jax
+
+    if jax.process_index() != 0:  # the first process reports for all of them
+        return
     print(
         f"\ntest accuracy {results['test_accuracy']:.4f} after {results['epochs']:.1f} epochs "
         f"({results['steps']} steps, {results['wall_seconds']:.0f} s)\n"

@@ -43,6 +43,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     # None means $CNNJAX_DATA_SOURCE_DIR or /usr/share/datasets/fashion-mnist.
     config.data.source_dir = ml_collections.config_dict.placeholder(str)
     config.data.download = False  # let TFDS download the dataset when it is missing (online)
+    # ImageNet-style datasets (imagenet2012, imagenette, imagefolder) are decoded per batch:
+    config.data.image_size = 224  # random-resized crops for training, center crops for eval
+    config.data.image_folder = ml_collections.config_dict.placeholder(str)  # imagefolder: DIR
+    config.data.workers = 8  # decoding threads
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "adam"  # sgd, momentum, nesterov, adam, adamw, rmsprop
@@ -63,6 +67,17 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.train.eval_every_epochs = 1
     config.train.checkpoint_every_steps = 500
     config.train.keep_best_checkpoints = 2  # best by test accuracy, besides the latest
+    # Mixed precision: "bfloat16" computes forward and backward passes in bf16 while parameters,
+    # gradients and optimizer state stay float32.
+    config.train.compute_dtype = "float32"
+    config.train.grad_accum_steps = 1  # micro-batches per step (data.batch_size is the total)
+    config.train.ema_decay = 0.0  # > 0: keep an EMA of the weights and evaluate it too
+
+    # Data parallelism over a device mesh (cnnjax/parallel): the batch is split over devices.
+    config.parallel = ml_collections.ConfigDict()
+    config.parallel.num_devices = 0  # 0: every device of every process
+    config.parallel.step = "jit"  # jit (sharded jax.jit) or shard_map (explicit per device)
+    config.parallel.batch_norm = "sync"  # shard_map step: sync (global) or ghost (per device)
     return config
 
 

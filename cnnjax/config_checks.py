@@ -9,6 +9,9 @@ from cnnjax.errors import UserError
 from cnnjax.models.layers import NORMALIZATIONS, check_choice, get_activation
 from cnnjax.train.optim import OPTIMIZERS, SCHEDULES
 
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+PARALLEL_STEPS = ("jit", "shard_map")
+
 
 def _positive(value, key: str, *, allow_zero: bool = False) -> None:
     if value is None or value < 0 or (value == 0 and not allow_zero):
@@ -19,6 +22,7 @@ def _positive(value, key: str, *, allow_zero: bool = False) -> None:
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raises UserError for the first invalid setting of `config`."""
     from cnnjax.data import KNOWN_DATASETS  # the data stage imports TFDS: only when needed
+    from cnnjax.data.inputs import STREAMING_DATASETS
     from cnnjax.data.tasks import TASKS
 
     models.registry.get_spec(config.model.name)
@@ -28,10 +32,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise UserError(
             f"config.model.dropout_rate must be in [0, 1) (got {config.model.dropout_rate})"
         )
-    if config.data.name not in KNOWN_DATASETS:
-        raise UserError(
-            f"unknown dataset {config.data.name!r}: choose one of {', '.join(KNOWN_DATASETS)}"
-        )
+    known = KNOWN_DATASETS + STREAMING_DATASETS
+    if config.data.name not in known:
+        raise UserError(f"unknown dataset {config.data.name!r}: choose one of {', '.join(known)}")
+    _positive(config.data.image_size, "data.image_size")
+    _positive(config.data.workers, "data.workers")
     check_choice("data task", config.data.task, TASKS)
     _positive(config.data.augment.upscale, "data.augment.upscale")
     if config.data.augment.upscale > 1 and config.data.task != "classification":
@@ -69,3 +74,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _positive(config.train.eval_every_epochs, "train.eval_every_epochs")
     _positive(config.train.checkpoint_every_steps, "train.checkpoint_every_steps")
     _positive(config.train.keep_best_checkpoints, "train.keep_best_checkpoints")
+    check_choice("train.compute_dtype", config.train.compute_dtype, COMPUTE_DTYPES)
+    _positive(config.train.grad_accum_steps, "train.grad_accum_steps")
+    if config.data.batch_size % config.train.grad_accum_steps:
+        raise UserError(
+            f"config.data.batch_size={config.data.batch_size} does not split into "
+            f"train.grad_accum_steps={config.train.grad_accum_steps} equal micro-batches"
+        )
+    if not 0.0 <= config.train.ema_decay < 1.0:
+        raise UserError(f"config.train.ema_decay must be in [0, 1) (got {config.train.ema_decay})")
+    _positive(config.parallel.num_devices, "parallel.num_devices", allow_zero=True)
+    check_choice("parallel.step", config.parallel.step, PARALLEL_STEPS)
+    check_choice("parallel.batch_norm", config.parallel.batch_norm, ("sync", "ghost"))

@@ -33,7 +33,7 @@ def _state(normalization="none", dropout_rate=0.0, learning_rate=1e-3, name="ada
 
 
 def test_train_step_compiles_once_and_overfits_a_batch():
-    train_fn, eval_fn = make_steps(num_classes=10, label_smoothing=0.0)
+    train_fn, eval_fn, _ = make_steps(num_classes=10, label_smoothing=0.0)
     state, batch = _state(normalization="batch", dropout_rate=0.1), _batch()
     initial = eval_fn(state, batch)
     for _ in range(60):
@@ -46,7 +46,7 @@ def test_train_step_compiles_once_and_overfits_a_batch():
 
 
 def test_batch_stats_update_in_training_only():
-    train_fn, eval_fn = make_steps(num_classes=10, label_smoothing=0.0)
+    train_fn, eval_fn, _ = make_steps(num_classes=10, label_smoothing=0.0)
     state = _state(normalization="batch")
     before = jax.tree.map(np.array, state.batch_stats)
     eval_fn(state, _batch())
@@ -56,7 +56,7 @@ def test_batch_stats_update_in_training_only():
 
 
 def test_eval_step_counts_only_unmasked_examples():
-    _, eval_fn = make_steps(num_classes=10, label_smoothing=0.0)
+    _, eval_fn, _ = make_steps(num_classes=10, label_smoothing=0.0)
     state, batch = _state(), _batch(8)
     full = eval_fn(state, batch)
     # A copy: on CPU, jit may read the numpy buffer in place after returning.
@@ -69,7 +69,7 @@ def test_eval_step_counts_only_unmasked_examples():
 
 
 def test_step_randomness_is_a_function_of_the_step():
-    train_fn, _ = make_steps(num_classes=10, label_smoothing=0.0)
+    train_fn, _, _ = make_steps(num_classes=10, label_smoothing=0.0)
     a, _ = train_fn(_state(dropout_rate=0.5), _batch())
     b, _ = train_fn(_state(dropout_rate=0.5), _batch())
     jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
@@ -107,7 +107,7 @@ LEARNING_RATES = {
 
 @pytest.mark.parametrize("name", sorted(LEARNING_RATES))
 def test_every_optimizer_lowers_the_loss(name):
-    train_fn, eval_fn = make_steps(num_classes=10, label_smoothing=0.0)
+    train_fn, eval_fn, _ = make_steps(num_classes=10, label_smoothing=0.0)
     state, batch = _state(name=name, learning_rate=LEARNING_RATES[name]), _batch()
     initial = float(eval_fn(state, batch)["loss_sum"])
     for _ in range(15):

@@ -48,3 +48,13 @@ class MetricWriter:
     def close(self) -> None:
         self._file.close()
         self._tensorboard.close()
+
+
+class NullWriter:
+    """A MetricWriter that writes nothing: for processes other than the first on many hosts."""
+
+    def write(self, step: int, split: str, values: dict[str, float]) -> None:
+        del step, split, values
+
+    def close(self) -> None:
+        pass

@@ -6,6 +6,7 @@ plain string arguments and an ablation ("relu vs tanh", "batch vs group norm") i
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -46,6 +47,14 @@ def check_choice(kind: str, value: str, choices: tuple[str, ...]) -> None:
         raise UserError(f"unknown {kind} {value!r}: choose one of {', '.join(choices)}")
 
 
+# The mesh axis over which batch norm averages its batch statistics, for code that maps a step
+# over devices itself (`jax.shard_map`): set while tracing such a step (cnnjax/parallel), None
+# otherwise. Under `jax.jit` with sharded inputs the statistics are global without it.
+BATCH_NORM_AXIS: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "batch_norm_axis", default=None
+)
+
+
 class Normalization(nn.Module):
     """Normalization by name over NHWC (or [B, F]) features.
 
@@ -65,7 +74,12 @@ class Normalization(nn.Module):
         if self.kind == "none":
             return x
         if self.kind == "batch":
-            return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
+            return nn.BatchNorm(
+                use_running_average=not train,
+                momentum=0.9,
+                epsilon=1e-5,
+                axis_name=BATCH_NORM_AXIS.get() if train else None,
+            )(x)
         if self.kind == "layer":
             return nn.LayerNorm(epsilon=1e-5)(x)
         channels = x.shape[-1]

@@ -16,14 +16,15 @@ import time
 from collections.abc import Iterator
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 from tqdm import tqdm
 
-from cnnjax import data, models
+from cnnjax import models, parallel
 from cnnjax.config_checks import validate_config
-from cnnjax.data import tasks
+from cnnjax.data.inputs import make_input
 from cnnjax.errors import UserError
-from cnnjax.metrics import MetricWriter, plot_curves, read_metrics
+from cnnjax.metrics import MetricWriter, NullWriter, plot_curves, read_metrics
 from cnnjax.train import steps
 from cnnjax.train.checkpoints import RunCheckpoints, model_signature
 from cnnjax.train.optim import make_optimizer
@@ -43,35 +44,85 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int):
     )
 
 
-def make_steps(num_classes: int, label_smoothing: float, with_confusion: bool = False):
-    """The jitted train and eval steps; the train step donates the state it replaces."""
-    train = jax.jit(
-        functools.partial(
-            steps.train_step, num_classes=num_classes, label_smoothing=label_smoothing
-        ),
-        donate_argnums=0,
+def make_steps(
+    num_classes: int,
+    label_smoothing: float,
+    with_confusion: bool = False,
+    *,
+    mesh=None,
+    parallel_step: str = "jit",
+    batch_norm: str = "sync",
+    compute_dtype: str = "float32",
+    grad_accum_steps: int = 1,
+    ema_decay: float = 0.0,
+):
+    """The jitted train and eval steps; the train step donates the state it replaces.
+
+    With a `mesh`, batches are split over its `data` axis and the state is replicated; the train
+    step is either `jax.jit` with those shardings (XLA inserts the collectives) or the explicit
+    per-device `shard_map` step (cnnjax/parallel/shard_map_step.py). Returns (train, eval,
+    eval of the weights' EMA or None).
+    """
+    dtype = None if compute_dtype == "float32" else jnp.dtype(compute_dtype)
+    options = dict(
+        num_classes=num_classes,
+        label_smoothing=label_smoothing,
+        compute_dtype=dtype,
+        grad_accum_steps=grad_accum_steps,
+        ema_decay=ema_decay,
     )
-    evaluate = jax.jit(
-        functools.partial(steps.eval_step, num_classes=num_classes, with_confusion=with_confusion)
-    )
-    return train, evaluate
+    shardings = {}
+    if mesh is not None:
+        state_sharding, data_sharding = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+        shardings = dict(
+            in_shardings=(state_sharding, data_sharding),
+            out_shardings=(state_sharding, state_sharding),
+        )
+    if parallel_step == "shard_map":
+        from cnnjax.parallel.shard_map_step import make_shard_map_train_step
+
+        step = make_shard_map_train_step(
+            mesh or parallel.data_mesh(1), batch_norm=batch_norm, **options
+        )
+    else:
+        step = functools.partial(steps.train_step, **options)
+    train = jax.jit(step, donate_argnums=0, **shardings)
+
+    def make_eval(use_ema: bool):
+        fn = functools.partial(
+            steps.eval_step,
+            num_classes=num_classes,
+            with_confusion=with_confusion,
+            compute_dtype=dtype,
+            use_ema=use_ema,
+        )
+        if mesh is None:
+            return jax.jit(fn)
+        return jax.jit(
+            fn, in_shardings=shardings["in_shardings"], out_shardings=parallel.replicated(mesh)
+        )
+
+    return train, make_eval(False), make_eval(True) if ema_decay else None
 
 
-def device_prefetch(batches: Iterator[dict], size: int = 2) -> Iterator[dict]:
-    """Keeps `size` batches in flight to the device; `device_put` is asynchronous."""
+def device_prefetch(batches: Iterator[dict], size: int = 2, mesh=None) -> Iterator[dict]:
+    """Keeps `size` batches in flight to the devices (split over `mesh` when given);
+    transfers are asynchronous."""
     queue = collections.deque()
     for batch in batches:
-        queue.append(jax.device_put(batch))
+        queue.append(
+            parallel.shard_batch(batch, mesh) if mesh is not None else jax.device_put(batch)
+        )
         if len(queue) > size:
             yield queue.popleft()
     while queue:
         yield queue.popleft()
 
 
-def evaluate(eval_fn, state: TrainState, batches: Iterator[dict]) -> dict[str, float]:
+def evaluate(eval_fn, state: TrainState, batches: Iterator[dict], mesh=None) -> dict[str, float]:
     """Loss and accuracy over every example of `batches` (padding masked out)."""
     sums = None
-    for batch in device_prefetch(batches):
+    for batch in device_prefetch(batches, mesh=mesh):
         metrics = eval_fn(state, batch)
         sums = metrics if sums is None else steps.add_metrics(sums, metrics)
     return steps.summarize(jax.device_get(sums))
@@ -95,41 +146,45 @@ class Run:
         self.config, self.workdir = config, workdir
         os.makedirs(workdir, exist_ok=True)
         cfg = config.data
-        load = functools.partial(
-            data.load_split,
-            config.data.name,
-            data_dir=cfg.data_dir,
-            source_dir=cfg.source_dir,
-            download=cfg.download,
-        )
-        # Derived tasks use other seeds for the two splits: different canvases and clips.
-        self.train_split = tasks.derive(cfg.task, load(cfg.train_split), seed=config.seed)
-        self.test_split = tasks.derive(cfg.task, load(cfg.eval_split), seed=config.seed + 1)
-        self.augment = data.AugmentConfig(**cfg.augment.to_dict())
-        self.mean, self.std = data.channel_stats(self.train_split.images)
-        self.steps_per_epoch = len(self.train_split.labels) // cfg.batch_size
+        self.input = make_input(config)
+        self.steps_per_epoch = self.input.num_train // cfg.batch_size
         if self.steps_per_epoch == 0:
             raise UserError(
-                f"the training split has {len(self.train_split.labels)} examples, fewer than "
+                f"the training split has {self.input.num_train} examples, fewer than "
                 f"one batch of {cfg.batch_size}: lower --config.data.batch_size"
             )
         self.total_steps = config.train.steps or config.train.epochs * self.steps_per_epoch
 
-        num_classes = self.train_split.num_classes
+        num_classes = self.input.num_classes
         self.model = build_model(config, num_classes)
         tx = make_optimizer(
             config.optimizer, steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps
         )
-        height, width, *rest = self.train_split.images.shape[1:]
-        scale = cfg.augment.upscale  # the pipeline upscales images by this integer factor
-        self.input_shape = (height * scale, width * scale, *rest)
-        self.state = create_train_state(
-            self.model, tx, input_shape=self.input_shape, seed=config.seed
+        self.input_shape = self.input.input_shape
+        self.mesh = parallel.data_mesh(config.parallel.num_devices)
+        parallel.check_batch_size(cfg.batch_size, self.mesh)
+        parallel.check_batch_size(cfg.eval_batch_size, self.mesh, "data.eval_batch_size")
+        ema_decay = config.train.ema_decay
+        self.state = parallel.replicate(
+            create_train_state(
+                self.model, tx, input_shape=self.input_shape, seed=config.seed, ema=ema_decay > 0
+            ),
+            self.mesh,
         )
         self.signature = model_signature(config.model.name, self.state.params)
-        self.train_fn, self.eval_fn = make_steps(
-            num_classes, config.optimizer.label_smoothing, with_confusion=cfg.task == "segmentation"
+        self.train_fn, self.eval_fn, self.eval_ema_fn = make_steps(
+            num_classes,
+            config.optimizer.label_smoothing,
+            with_confusion=cfg.task == "segmentation",
+            mesh=self.mesh,
+            parallel_step=config.parallel.step,
+            batch_norm=config.parallel.batch_norm,
+            compute_dtype=config.train.compute_dtype,
+            grad_accum_steps=config.train.grad_accum_steps,
+            ema_decay=ema_decay,
         )
+        # Every process saves its part of each checkpoint; only the first writes files.
+        self.is_main = jax.process_index() == 0
         self.checkpoints = RunCheckpoints(workdir, keep_best=config.train.keep_best_checkpoints)
 
     def restore(self) -> dict:
@@ -137,7 +192,11 @@ class Run:
         step = self.checkpoints.latest_step()
         if step is None:
             return {}
-        abstract = jax.eval_shape(lambda s: s, self.state)
+        # The target carries this run's shardings: a checkpoint saved on any number of devices
+        # is restored replicated onto this mesh.
+        abstract = parallel.with_sharding(
+            jax.eval_shape(lambda s: s, self.state), parallel.replicated(self.mesh)
+        )
         self.state, record = self.checkpoints.restore(step, abstract, self.signature)
         return record
 
@@ -145,27 +204,14 @@ class Run:
         return step / self.steps_per_epoch
 
     def batches(self, start_step: int) -> Iterator[dict]:
-        return iter(
-            data.TrainBatches(
-                self.train_split,
-                batch_size=self.config.data.batch_size,
-                seed=self.config.seed,
-                augment=self.augment,
-                mean=self.mean,
-                std=self.std,
-                start_step=start_step,
-            )
-        )
+        return self.input.train_batches(start_step)
 
     def evaluate_test(self) -> dict[str, float]:
-        batches = data.eval_batches(
-            self.test_split,
-            batch_size=self.config.data.eval_batch_size,
-            augment=self.augment,
-            mean=self.mean,
-            std=self.std,
-        )
-        return evaluate(self.eval_fn, self.state, batches)
+        results = evaluate(self.eval_fn, self.state, self.input.eval_batches(), self.mesh)
+        if self.eval_ema_fn is not None:
+            ema = evaluate(self.eval_ema_fn, self.state, self.input.eval_batches(), self.mesh)
+            results.update({f"ema_{k}": v for k, v in ema.items()})
+        return results
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -178,9 +224,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     run = Run(config, workdir)
     record = run.restore()  # before writing anything: a wrong workdir must lose nothing
     start = int(run.state.step)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-    writer = MetricWriter(workdir, resume_step=start)
+    if run.is_main:  # on many hosts, the first process writes the files
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    writer = MetricWriter(workdir, resume_step=start) if run.is_main else NullWriter()
     try:
         record = _train(run, record, start, writer)
     finally:
@@ -188,13 +235,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         run.checkpoints.wait()
         run.checkpoints.close()
     results = _results(run, record, start, time.perf_counter() - wall_start)
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2, sort_keys=True)
-    plot_curves(
-        read_metrics(workdir),
-        os.path.join(workdir, "curves.png"),
-        title=f"{config.model.name} on {config.data.name}",
-    )
+    if run.is_main:
+        with open(os.path.join(workdir, "results.json"), "w") as f:
+            json.dump(results, f, indent=2, sort_keys=True)
+        plot_curves(
+            read_metrics(workdir),
+            os.path.join(workdir, "curves.png"),
+            title=f"{config.model.name} on {config.data.name}",
+        )
     return results
 
 
@@ -203,8 +251,15 @@ def _train(run: Run, record: dict, start: int, writer: MetricWriter) -> dict:
     cfg, spe, total = run.config.train, run.steps_per_epoch, run.total_steps
     epoch_sums, window_sums = _device(record.get("epoch_sums")), _device(record.get("window_sums"))
     timing = {"train_seconds": 0.0, "timed_steps": 0, "compile_seconds": None}
-    batches = device_prefetch(run.batches(start))
-    progress = tqdm(total=total, initial=start, unit="step", mininterval=1.0, dynamic_ncols=True)
+    batches = device_prefetch(run.batches(start), mesh=run.mesh)
+    progress = tqdm(
+        total=total,
+        initial=start,
+        unit="step",
+        mininterval=1.0,
+        dynamic_ncols=True,
+        disable=not run.is_main,
+    )
     mark = time.perf_counter()
     for step in range(start, total):
         run.state, metrics = run.train_fn(run.state, next(batches))
@@ -233,10 +288,12 @@ def _train(run: Run, record: dict, start: int, writer: MetricWriter) -> dict:
                 record["last_test"] = run.evaluate_test()
                 writer.write(done, "test", {"epoch": run.epoch_of(done), **record["last_test"]})
                 metrics_for_best = {"test_accuracy": record["last_test"]["accuracy"]}
-                tqdm.write(
-                    f"epoch {run.epoch_of(done):.2f}: test accuracy "
-                    f"{record['last_test']['accuracy']:.4f}, loss {record['last_test']['loss']:.4f}"
-                )
+                if run.is_main:
+                    tqdm.write(
+                        f"epoch {run.epoch_of(done):.2f}: test accuracy "
+                        f"{record['last_test']['accuracy']:.4f}, "
+                        f"loss {record['last_test']['loss']:.4f}"
+                    )
             _save(run, done, record, epoch_sums, window_sums, metrics_for_best)
             mark = time.perf_counter()
         elif done % cfg.checkpoint_every_steps == 0:
@@ -286,6 +343,7 @@ def _results(run: Run, record: dict, start: int, wall_seconds: float) -> dict:
         "test_accuracy": test.get("accuracy"),
         "test_loss": test.get("loss"),
         **({"test_mean_iou": test["mean_iou"]} if "mean_iou" in test else {}),
+        **({"test_accuracy_ema": test["ema_accuracy"]} if "ema_accuracy" in test else {}),
         "train_accuracy": train.get("accuracy"),
         "train_loss": train.get("loss"),
         "epochs": run.epoch_of(step),
@@ -296,5 +354,8 @@ def _results(run: Run, record: dict, start: int, wall_seconds: float) -> dict:
         "wall_seconds": wall_seconds,  # of this invocation, set-up and evaluation included
         "train_images_per_sec": record.get("train_images_per_sec"),
         "compile_seconds": record.get("compile_seconds"),
+        "num_devices": int(run.mesh.devices.size),
+        "num_processes": jax.process_count(),
+        "compute_dtype": config.train.compute_dtype,
         **environment(),
     }

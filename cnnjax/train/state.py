@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from flax import struct
 from flax.training import train_state
 
 
@@ -21,6 +22,8 @@ class TrainState(train_state.TrainState):
 
     batch_stats: Any
     key: jax.Array
+    # Exponential moving average of `params` when `train.ema_decay` > 0, else {} (no leaves).
+    ema_params: Any = struct.field(default_factory=dict)
 
 
 def create_train_state(
@@ -29,6 +32,7 @@ def create_train_state(
     *,
     input_shape: tuple[int, ...],
     seed: int,
+    ema: bool = False,
 ) -> TrainState:
     """Initializes a TrainState for `model` on inputs of `input_shape` ([H, W, C]).
 
@@ -44,6 +48,7 @@ def create_train_state(
         batch_stats=variables.get("batch_stats", {}),
         tx=tx,
         key=jax.random.key_data(step_key),
+        ema_params=jax.tree.map(jnp.copy, variables["params"]) if ema else {},
     )
     # A Python int step would be weakly typed and make the second step compile again.
     return state.replace(step=jnp.zeros((), jnp.int32))
@@ -54,9 +59,12 @@ def abstract_train_state(
     tx: optax.GradientTransformation,
     *,
     input_shape: tuple[int, ...],
+    ema: bool = False,
 ) -> TrainState:
     """Shapes and dtypes of the TrainState, without allocating it (a restore target)."""
-    return jax.eval_shape(lambda: create_train_state(model, tx, input_shape=input_shape, seed=0))
+    return jax.eval_shape(
+        lambda: create_train_state(model, tx, input_shape=input_shape, seed=0, ema=ema)
+    )
 
 
 def count_params(params) -> int:

@@ -30,65 +30,177 @@ def cross_entropy(
     return optax.softmax_cross_entropy(logits, targets)
 
 
-def _variables(state: TrainState, params) -> dict:
-    if state.batch_stats:
-        return {"params": params, "batch_stats": state.batch_stats}
+def _variables(params, batch_stats) -> dict:
+    if batch_stats:
+        return {"params": params, "batch_stats": batch_stats}
     return {"params": params}
 
 
-def train_step(
-    state: TrainState, batch: Batch, *, num_classes: int, label_smoothing: float = 0.0
-) -> tuple[TrainState, Metrics]:
-    """One gradient step on `batch` {'image': [B, H, W, C], 'label': [B]}."""
-    step_key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
-    dropout_key = jax.random.fold_in(step_key, 0)
+def cast_floats(tree, dtype):
+    """Floating-point leaves of `tree` in `dtype` (None: unchanged); integers stay as they are."""
+    if dtype is None:
+        return tree
+    return jax.tree.map(
+        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree
+    )
+
+
+def gradients(
+    state: TrainState,
+    params,
+    batch_stats,
+    batch: Batch,
+    dropout_key: jax.Array,
+    *,
+    num_classes: int,
+    label_smoothing: float = 0.0,
+    compute_dtype=None,
+):
+    """(grads, logits, per-example losses, new batch_stats) of the mean loss on `batch`.
+
+    With `compute_dtype` (e.g. bfloat16) the forward and backward passes run in that dtype on a
+    cast copy of the parameters; the gradients come back in the parameters' dtype (float32), so
+    the optimizer state and the master weights stay in float32. Logits are cast back to float32
+    before the softmax.
+    """
 
     def loss_fn(params):
         logits, updates = state.apply_fn(
-            _variables(state, params),
-            batch["image"],
+            _variables(cast_floats(params, compute_dtype), batch_stats),
+            cast_floats(batch["image"], compute_dtype),
             train=True,
             rngs={"dropout": dropout_key},
             mutable=["batch_stats", "intermediates"],
         )
+        logits = logits.astype(jnp.float32)
         losses = cross_entropy(
             logits, batch["label"], num_classes=num_classes, label_smoothing=label_smoothing
         )
         loss = losses.mean()
         # Auxiliary classifiers (GoogLeNet) sow their logits; weight 0.3 as in Szegedy et al.
         for aux_logits in jax.tree.leaves(updates.get("intermediates", {}).get("aux_logits", {})):
-            loss += (
-                AUX_LOSS_WEIGHT
-                * cross_entropy(
-                    aux_logits,
-                    batch["label"],
-                    num_classes=num_classes,
-                    label_smoothing=label_smoothing,
-                ).mean()
+            aux = cross_entropy(
+                aux_logits.astype(jnp.float32),
+                batch["label"],
+                num_classes=num_classes,
+                label_smoothing=label_smoothing,
             )
-        return loss, (logits, losses, updates)
+            loss += AUX_LOSS_WEIGHT * aux.mean()
+        return loss, (logits, losses, updates.get("batch_stats", batch_stats))
 
-    grads, (logits, losses, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
-    state = state.apply_gradients(grads=grads)
-    if state.batch_stats:
-        state = state.replace(batch_stats=updates["batch_stats"])
-    metrics = {
+    grads, (logits, losses, new_stats) = jax.grad(loss_fn, has_aux=True)(params)
+    return grads, logits, losses, new_stats
+
+
+def accumulated_gradients(
+    state: TrainState, batch: Batch, dropout_key, *, micro_batches: int, **options
+):
+    """`gradients` over `micro_batches` equal slices of `batch`, averaged: the same update as one
+    step on the whole batch for models without batch statistics, in 1/k of the activation
+    memory. Batch statistics are updated slice after slice (as k smaller steps would), and each
+    slice draws its own dropout key."""
+    if micro_batches == 1:
+        return gradients(state, state.params, state.batch_stats, batch, dropout_key, **options)
+    size = batch["label"].shape[0]
+    if size % micro_batches:
+        raise ValueError(f"batch of {size} does not split into {micro_batches} micro-batches")
+    slices = jax.tree.map(
+        lambda x: x.reshape(micro_batches, size // micro_batches, *x.shape[1:]), batch
+    )
+
+    def one_slice(carry, inputs):
+        grad_sum, batch_stats = carry
+        micro, index = inputs
+        key = jax.random.fold_in(dropout_key, index)
+        grads, logits, losses, batch_stats = gradients(
+            state, state.params, batch_stats, micro, key, **options
+        )
+        return (jax.tree.map(jnp.add, grad_sum, grads), batch_stats), (logits, losses)
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    (grad_sum, batch_stats), (logits, losses) = jax.lax.scan(
+        one_slice, (zeros, state.batch_stats), (slices, jnp.arange(micro_batches))
+    )
+    grads = jax.tree.map(lambda g: g / micro_batches, grad_sum)
+    merge = lambda x: x.reshape(size, *x.shape[2:])  # noqa: E731
+    return grads, merge(logits), merge(losses), batch_stats
+
+
+def step_metrics(logits, losses, labels) -> Metrics:
+    return {
         "loss_sum": losses.sum(),
-        "correct": (logits.argmax(-1) == batch["label"]).sum().astype(jnp.float32),
+        "correct": (logits.argmax(-1) == labels).sum().astype(jnp.float32),
         "count": jnp.asarray(losses.size, jnp.float32),  # examples, or pixels for dense tasks
     }
-    return state, metrics
+
+
+def apply_update(state: TrainState, grads, batch_stats, ema_decay: float) -> TrainState:
+    """The optimizer step, the new batch statistics and the EMA of the weights."""
+    state = state.apply_gradients(grads=grads)
+    if state.batch_stats:
+        state = state.replace(batch_stats=batch_stats)
+    if ema_decay:
+        state = state.replace(
+            ema_params=optax.incremental_update(state.params, state.ema_params, 1.0 - ema_decay)
+        )
+    return state
+
+
+def step_dropout_key(state: TrainState) -> jax.Array:
+    """Dropout key of this step: a function of the run's key and the step only (resumable)."""
+    step_key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+    return jax.random.fold_in(step_key, 0)
+
+
+def train_step(
+    state: TrainState,
+    batch: Batch,
+    *,
+    num_classes: int,
+    label_smoothing: float = 0.0,
+    compute_dtype=None,
+    grad_accum_steps: int = 1,
+    ema_decay: float = 0.0,
+) -> tuple[TrainState, Metrics]:
+    """One gradient step on `batch` {'image': [B, H, W, C], 'label': [B]}.
+
+    `compute_dtype`: None (float32) or e.g. jnp.bfloat16 for mixed precision;
+    `grad_accum_steps`: micro-batches per step; `ema_decay`: 0 or the decay of `ema_params`.
+    """
+    grads, logits, losses, batch_stats = accumulated_gradients(
+        state,
+        batch,
+        step_dropout_key(state),
+        micro_batches=grad_accum_steps,
+        num_classes=num_classes,
+        label_smoothing=label_smoothing,
+        compute_dtype=compute_dtype,
+    )
+    state = apply_update(state, grads, batch_stats, ema_decay)
+    return state, step_metrics(logits, losses, batch["label"])
 
 
 def eval_step(
-    state: TrainState, batch: Batch, *, num_classes: int, with_confusion: bool = False
+    state: TrainState,
+    batch: Batch,
+    *,
+    num_classes: int,
+    with_confusion: bool = False,
+    compute_dtype=None,
+    use_ema: bool = False,
 ) -> Metrics:
     """Loss and accuracy sums on `batch`, counting only examples whose `mask` is 1.
 
     Labels may be per example [B] or per pixel [B, H, W]; with `with_confusion`, also the
-    confusion matrix [true class, predicted class] of the counted examples or pixels.
+    confusion matrix [true class, predicted class] of the counted examples or pixels; with
+    `use_ema`, the exponential moving average of the weights is evaluated.
     """
-    logits = state.apply_fn(_variables(state, state.params), batch["image"], train=False)
+    params = state.ema_params if use_ema else state.params
+    logits = state.apply_fn(
+        _variables(cast_floats(params, compute_dtype), state.batch_stats),
+        cast_floats(batch["image"], compute_dtype),
+        train=False,
+    ).astype(jnp.float32)
     losses = cross_entropy(logits, batch["label"], num_classes=num_classes)
     mask = jnp.broadcast_to(
         batch["mask"].reshape(-1, *([1] * (losses.ndim - 1))), losses.shape

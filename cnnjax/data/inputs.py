@@ -1,0 +1,137 @@
+"""The training run's input, whatever the dataset: `make_input(config) -> RunInput`.
+
+Two kinds share one interface (sizes, `train_batches(start_step)`, `eval_batches()`):
+
+* in memory: small datasets (Fashion-MNIST, MNIST, CIFAR) loaded whole as uint8 arrays, the
+  tasks derived from them, the crop/flip pipeline (cnnjax/data/pipeline.py);
+* streaming: ImageNet-style datasets (`imagenet2012`, `imagenette`, or `imagefolder` with
+  `data.image_folder`), decoded per batch in threads with random-resized crops for training and
+  resize + center crop for evaluation (cnnjax/data/imagenet.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Iterator
+
+import ml_collections
+
+from cnnjax.data import imagenet, pipeline, sources, tasks
+from cnnjax.errors import UserError
+
+STREAMING_DATASETS = ("imagenet2012", "imagenette", "imagefolder")
+
+
+class InMemoryInput:
+    """Small datasets held in memory; batches are functions of (seed, step)."""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        cfg = config.data
+        load = functools.partial(
+            sources.load_split,
+            cfg.name,
+            data_dir=cfg.data_dir,
+            source_dir=cfg.source_dir,
+            download=cfg.download,
+        )
+        # Derived tasks use other seeds for the two splits: different canvases and clips.
+        self.train_split = tasks.derive(cfg.task, load(cfg.train_split), seed=config.seed)
+        self.test_split = tasks.derive(cfg.task, load(cfg.eval_split), seed=config.seed + 1)
+        self.augment = pipeline.AugmentConfig(**cfg.augment.to_dict())
+        self.mean, self.std = pipeline.channel_stats(self.train_split.images)
+        self.batch_size, self.eval_batch_size, self.seed = (
+            cfg.batch_size,
+            cfg.eval_batch_size,
+            config.seed,
+        )
+        self.num_train = len(self.train_split.labels)
+        self.num_classes = self.train_split.num_classes
+        height, width, *rest = self.train_split.images.shape[1:]
+        scale = cfg.augment.upscale  # the pipeline upscales images by this integer factor
+        self.input_shape = (height * scale, width * scale, *rest)
+
+    def train_batches(self, start_step: int) -> Iterator[dict]:
+        return iter(
+            pipeline.TrainBatches(
+                self.train_split,
+                batch_size=self.batch_size,
+                seed=self.seed,
+                augment=self.augment,
+                mean=self.mean,
+                std=self.std,
+                start_step=start_step,
+            )
+        )
+
+    def eval_batches(self) -> Iterator[dict]:
+        return pipeline.eval_batches(
+            self.test_split,
+            batch_size=self.eval_batch_size,
+            augment=self.augment,
+            mean=self.mean,
+            std=self.std,
+        )
+
+
+class StreamingInput:
+    """ImageNet-style datasets decoded per batch (they do not fit in memory)."""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        cfg = config.data
+        if cfg.task != "classification":
+            raise UserError(f"dataset {cfg.name!r} is for classification: set data.task")
+        self.train_source = self._source(cfg, cfg.train_split)
+        self.eval_source = self._source(cfg, cfg.eval_split)
+        self.batch_size, self.eval_batch_size, self.seed = (
+            cfg.batch_size,
+            cfg.eval_batch_size,
+            config.seed,
+        )
+        self.image_size, self.workers = cfg.image_size, cfg.workers
+        self.num_train = len(self.train_source)
+        self.num_classes = self.train_source.num_classes
+        self.input_shape = (cfg.image_size, cfg.image_size, 3)
+
+    @staticmethod
+    def _source(cfg, split: str):
+        if cfg.name == "imagefolder":
+            if not cfg.image_folder:
+                raise UserError(
+                    "data.name=imagefolder needs --config.data.image_folder=DIR holding "
+                    "DIR/<split>/<class>/*.jpg (splits: data.train_split, data.eval_split)"
+                )
+            return imagenet.ImageFolderSource(os.path.join(cfg.image_folder, split))
+        return imagenet.TfdsImageSource(
+            cfg.name, split, data_dir=cfg.data_dir, download=cfg.download
+        )
+
+    def train_batches(self, start_step: int) -> Iterator[dict]:
+        return iter(
+            imagenet.ImageBatches(
+                self.train_source,
+                batch_size=self.batch_size,
+                seed=self.seed,
+                image_size=self.image_size,
+                workers=self.workers,
+                start_step=start_step,
+            )
+        )
+
+    def eval_batches(self) -> Iterator[dict]:
+        return imagenet.eval_image_batches(
+            self.eval_source,
+            batch_size=self.eval_batch_size,
+            image_size=self.image_size,
+            resize=round(self.image_size / imagenet.EVAL_CROP_FRACTION),
+            workers=self.workers,
+        )
+
+
+RunInput = InMemoryInput | StreamingInput
+
+
+def make_input(config: ml_collections.ConfigDict) -> RunInput:
+    if config.data.name in STREAMING_DATASETS:
+        return StreamingInput(config)
+    return InMemoryInput(config)

@@ -1,0 +1,92 @@
+"""Data parallelism over a one-axis device mesh: the batch is split on `data`, the state is
+replicated, and one code path serves 1 CPU, 8 local accelerators or many hosts.
+
+`jax.make_mesh` defaults to Explicit axes in JAX 0.10; the mesh here is `AxisType.Auto`, so
+`jax.jit` propagates the shardings of its inputs and inserts the collectives itself (BatchNorm's
+batch statistics come out global, over the whole sharded batch, with no `axis_name`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from cnnjax.errors import UserError
+
+DATA_AXIS = "data"
+
+
+def data_mesh(num_devices: int = 0, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A mesh over `num_devices` devices (0: all of them, on every process) on axis `data`."""
+    devices = list(devices if devices is not None else jax.devices())
+    if num_devices:
+        if num_devices > len(devices):
+            raise UserError(
+                f"--config.parallel.num_devices={num_devices} but only {len(devices)} devices "
+                "are visible: lower it or set 0 to use all of them"
+            )
+        devices = devices[:num_devices]
+    return jax.make_mesh((len(devices),), (DATA_AXIS,), (AxisType.Auto,), devices=devices)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) axis split over `data`; other axes whole."""
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def check_batch_size(batch_size: int, mesh: Mesh, what: str = "data.batch_size") -> None:
+    devices = mesh.devices.size
+    if batch_size % devices:
+        raise UserError(
+            f"{what}={batch_size} does not split evenly over {devices} devices: use a multiple "
+            f"of {devices}"
+        )
+
+
+def process_rows(global_shape: tuple[int, ...], mesh: Mesh) -> slice:
+    """The rows of a global batch held by this process's devices (contiguous on a 1-D mesh)."""
+    indices = batch_sharding(mesh).addressable_devices_indices_map(global_shape).values()
+    starts = [index[0].start or 0 for index in indices]
+    stops = [index[0].stop if index[0].stop is not None else global_shape[0] for index in indices]
+    rows = slice(min(starts), max(stops))
+    if rows.stop - rows.start != sum(b - a for a, b in zip(starts, stops, strict=True)):
+        raise ValueError("this process's batch shards are not contiguous on the data axis")
+    return rows
+
+
+def shard_batch(batch: dict, mesh: Mesh) -> dict:
+    """A global batch (the same numpy batch on every process) as arrays sharded on `data`.
+
+    Each process hands over only the rows of its own devices, so on many hosts no process
+    transfers data that another host's devices hold.
+    """
+    sharding = batch_sharding(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(batch, sharding)
+    out = {}
+    for key, value in batch.items():
+        value = np.asarray(value)
+        rows = process_rows(value.shape, mesh)
+        out[key] = jax.make_array_from_process_local_data(sharding, value[rows], value.shape)
+    return out
+
+
+def replicate(tree, mesh: Mesh):
+    """`tree` copied onto every device of `mesh`."""
+    return jax.device_put(tree, replicated(mesh))
+
+
+def with_sharding(abstract_tree, sharding: NamedSharding):
+    """Shape/dtype structs of `abstract_tree` carrying `sharding`: a restore target that places
+    a checkpoint written on any topology onto this one."""
+    return jax.tree.map(
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), abstract_tree
+    )
