@@ -245,3 +245,19 @@ def test_batch_not_divisible_by_devices_is_one_line(tmp_path, data_dir):
         "cnnjax train: error: data.batch_size=100 does not split evenly over 8 devices: "
         "use a multiple of 8"
     )
+
+
+def test_clipping_by_global_norm_scales_the_whole_gradient():
+    from cnnjax.config_base import get_base_config
+    from cnnjax.train.optim import make_optimizer
+
+    config = get_base_config().optimizer
+    config.name, config.learning_rate, config.grad_clip_norm = "sgd", 1.0, 1.0
+    tx = make_optimizer(config, steps_per_epoch=10, total_steps=10)
+    params = {"a": jnp.zeros(3), "b": jnp.zeros((2, 2))}
+    grads = {"a": jnp.array([3.0, 0.0, 4.0]), "b": jnp.full((2, 2), 0.0)}  # global norm 5
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(updates["a"], [-0.6, 0.0, -0.8], rtol=1e-6)
+    small = {"a": jnp.array([0.3, 0.0, 0.4]), "b": jnp.zeros((2, 2))}  # norm 0.5: untouched
+    updates, _ = tx.update(small, tx.init(params), params)
+    np.testing.assert_allclose(updates["a"], [-0.3, 0.0, -0.4], rtol=1e-6)
