@@ -4,13 +4,12 @@ decoding (ImageNet, Imagenette, ...)."""
 
 from __future__ import annotations
 
-import fcntl
 import os
 from typing import Protocol
 
 import numpy as np
 
-from cnnjax.data.sources import default_data_dir
+from cnnjax.data.sources import NotPrepared, default_data_dir, open_data_source, prepare_once
 from cnnjax.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -92,13 +91,18 @@ class TfdsImageSource:
                 f"{name!r} is not an image classification dataset: it needs the TFDS "
                 "features 'image' and 'label' (a ClassLabel)"
             )
+        decoders = {"image": tfds.decode.SkipDecoding()}  # the stored JPEG/PNG bytes
         try:
-            self._source = _data_source(tfds, name, split, data_dir)
-        except _NotPrepared:
+            self._source = open_data_source(tfds, name, split, data_dir, decoders)
+        except NotPrepared:
             if not download:
                 raise _not_prepared(name, data_dir, builder) from None
-            _prepare(tfds, name, data_dir)
-            self._source = _data_source(tfds, name, split, data_dir)
+            prepare_once(
+                name,
+                data_dir,
+                lambda: tfds.builder(name, data_dir=data_dir, file_format="array_record"),
+            )
+            self._source = open_data_source(tfds, name, split, data_dir, decoders)
         self.num_classes = features["label"].num_classes
         self.class_names = tuple(features["label"].names)
 
@@ -108,30 +112,6 @@ class TfdsImageSource:
     def get(self, index: int) -> tuple[bytes, int]:
         record = self._source[index]
         return bytes(record["image"]), int(record["label"])
-
-
-class _NotPrepared(Exception):
-    """The dataset is not prepared in the data directory yet."""
-
-
-def _data_source(tfds, name: str, split: str, data_dir: str):
-    decoders = {"image": tfds.decode.SkipDecoding()}
-    try:
-        return tfds.data_source(
-            name, split=split, data_dir=data_dir, download=False, decoders=decoders
-        )
-    except (NotImplementedError, AssertionError, FileNotFoundError) as error:
-        if not tfds.builder(name, data_dir=data_dir).is_prepared():
-            raise _NotPrepared from error
-        raise UserError(
-            f"{name!r} in {data_dir} was prepared as TFRecord, which cannot be read without "
-            "TensorFlow: prepare it as array_record into another data_dir (download=True)"
-        ) from None
-    except (ValueError, KeyError) as error:
-        raise UserError(
-            f"split {split!r} of {name!r} is not valid ({error}): use e.g. 'train', "
-            "'validation' or 'train[:10%]'"
-        ) from None
 
 
 def _not_prepared(name: str, data_dir: str, builder) -> UserError:
@@ -146,30 +126,3 @@ def _not_prepared(name: str, data_dir: str, builder) -> UserError:
         f"dataset {name!r} is not prepared in {data_dir}: pass download=True with internet "
         "access (TFDS downloads and prepares it)"
     )
-
-
-def _prepare(tfds, name: str, data_dir: str) -> None:
-    """Downloads and prepares `name` as array_record; one process at a time (see sources)."""
-    os.makedirs(data_dir, exist_ok=True)
-    safe_name = name.replace("/", "_").replace(":", "_")
-    with open(os.path.join(data_dir, f".{safe_name}.prepare.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
-        if builder.is_prepared():
-            return
-        try:
-            builder.download_and_prepare()
-        except ModuleNotFoundError as error:
-            if "tensorflow" not in str(error):
-                raise
-            raise UserError(
-                f"preparing {name!r} with its stock TFDS builder needs TensorFlow: "
-                "pip install -e '.[tf]' (only the preparation needs it)"
-            ) from None
-        except AssertionError as error:  # TFDS's check of the manual download folder
-            raise UserError(f"cannot prepare {name!r}: {str(error).splitlines()[0]}") from None
-        except OSError as error:
-            raise UserError(
-                f"could not download {name!r} ({type(error).__name__}): check the internet "
-                f"connection, or prepare it elsewhere and copy it into {data_dir}"
-            ) from None

@@ -57,33 +57,69 @@ def load_split(
         raise UserError(f"unknown dataset {name!r}: choose one of {', '.join(KNOWN_DATASETS)}")
     data_dir = data_dir or default_data_dir()
     try:
-        source = _data_source(tfds, name, split, data_dir)
-    except _NotPrepared:
+        source = open_data_source(tfds, name, split, data_dir)
+    except NotPrepared:
         _prepare(name, data_dir, source_dir, download)
-        source = _data_source(tfds, name, split, data_dir)
+        source = open_data_source(tfds, name, split, data_dir)
     return _read_all(source, tfds.builder(name, data_dir=data_dir).info)
 
 
-class _NotPrepared(Exception):
+class NotPrepared(Exception):
     """The dataset is not prepared in the data directory yet."""
 
 
-def _data_source(tfds, name: str, split: str, data_dir: str):
-    """TFDS's random-access source of a prepared split (also what tfds.testing.mock_data fakes)."""
+def open_data_source(tfds, name: str, split: str, data_dir: str, decoders=None):
+    """TFDS's random-access source of a prepared split (also what tfds.testing.mock_data fakes);
+    NotPrepared when the dataset is missing. `decoders`, e.g. {"image": SkipDecoding()}, keeps
+    features encoded."""
     try:
-        return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+        return tfds.data_source(
+            name, split=split, data_dir=data_dir, download=False, decoders=decoders
+        )
     except (NotImplementedError, AssertionError, FileNotFoundError) as error:
         if not tfds.builder(name, data_dir=data_dir).is_prepared():
-            raise _NotPrepared from error
+            raise NotPrepared from error
         raise UserError(
             f"dataset {name!r} in {data_dir} was prepared as TFRecord, which cannot be read "
-            "without TensorFlow: prepare it into another --config.data.data_dir"
+            "without TensorFlow: prepare it as array_record into another data_dir"
         ) from None
     except (ValueError, KeyError) as error:
         raise UserError(
             f"split {split!r} of {name!r} is not valid ({error}): use e.g. 'train', 'test' or "
             "'train[:10%]'"
         ) from None
+
+
+def prepare_once(name: str, data_dir: str, make_builder) -> None:
+    """Runs `make_builder().download_and_prepare()` unless `name` is prepared in `data_dir`,
+    one process at a time; TFDS's failures become one-line UserErrors."""
+    os.makedirs(data_dir, exist_ok=True)
+    safe_name = name.replace("/", "_").replace(":", "_")
+    # Concurrent runs of a sweep may all find the dataset missing: the first prepares it, the
+    # others wait and then read it (TFDS writes into a temporary folder and renames it at the end,
+    # so an interrupted preparation never looks prepared).
+    with open(os.path.join(data_dir, f".{safe_name}.prepare.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        import tensorflow_datasets as tfds
+
+        if tfds.builder(name, data_dir=data_dir).is_prepared():
+            return
+        try:
+            make_builder().download_and_prepare()
+        except ModuleNotFoundError as error:
+            if "tensorflow" not in str(error):
+                raise
+            raise UserError(
+                f"preparing {name!r} with its stock TFDS builder needs TensorFlow: "
+                "pip install -e '.[tf]' (only the preparation needs it)"
+            ) from None
+        except AssertionError as error:  # TFDS's check of the manual download folder
+            raise UserError(f"cannot prepare {name!r}: {str(error).splitlines()[0]}") from None
+        except OSError as error:
+            raise UserError(
+                f"could not download {name!r} ({type(error).__name__}): check the internet "
+                f"connection, or prepare it elsewhere and copy it into {data_dir}"
+            ) from None
 
 
 def _read_all(source, info) -> Split:
@@ -114,36 +150,17 @@ def _prepare(name: str, data_dir: str, source_dir: str | None, download: bool) -
     )
     if not local and not download:
         raise _not_found(name, data_dir, folder)
-    os.makedirs(data_dir, exist_ok=True)
-    # Concurrent runs of a sweep may all find the dataset missing: the first prepares it, the
-    # others wait and then read it (TFDS writes into a temporary folder and renames it at the end,
-    # so an interrupted preparation never looks prepared).
-    with open(os.path.join(data_dir, f".{name}.prepare.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+
+    def make_builder():
         import tensorflow_datasets as tfds
 
-        if tfds.builder(name, data_dir=data_dir).is_prepared():
-            return
         if local:
-            builder = LOCAL_BUILDERS[name](
+            return LOCAL_BUILDERS[name](
                 source_dir=folder, data_dir=data_dir, file_format="array_record"
             )
-        else:
-            builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
-        try:
-            builder.download_and_prepare()
-        except ModuleNotFoundError as error:
-            if "tensorflow" not in str(error):
-                raise
-            raise UserError(
-                f"preparing {name!r} with its stock TFDS builder needs TensorFlow: "
-                "pip install -e '.[tf]' (only the preparation needs it)"
-            ) from None
-        except OSError as error:
-            raise UserError(
-                f"could not download {name!r} ({type(error).__name__}): check the internet "
-                f"connection, or prepare it elsewhere and copy it into {data_dir}"
-            ) from None
+        return tfds.builder(name, data_dir=data_dir, file_format="array_record")
+
+    prepare_once(name, data_dir, make_builder)
 
 
 def _not_found(name: str, data_dir: str, folder: str | None) -> UserError:
