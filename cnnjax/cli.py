@@ -1,10 +1,14 @@
-"""The `cnnjax` command line: `cnnjax train|sweep|report|models [flags]`.
+"""The `cnnjax` command line: `cnnjax train|sweep|report|eval|visualize|gradcheck|summary|models`.
 
     cnnjax train --config=configs/lenet5_fashion_mnist.py --workdir=runs/lenet5 \\
         [--config.optimizer.learning_rate=0.002] [--config=configs/x.py:smoke]
     cnnjax sweep --config=experiments/relu_vs_tanh/config.py --workdir=runs/relu_vs_tanh \\
         [--workers=2] [--dry_run] [--launcher=slurm --slurm_partition=gpu ...]
     cnnjax report runs/relu_vs_tanh
+    cnnjax eval --workdir=runs/lenet5 [--checkpoint=best|latest|STEP] [--split=test]
+    cnnjax visualize --workdir=runs/lenet5 [--checkpoint=...] [--layers=A,B] [--images=0,1,2]
+    cnnjax gradcheck --config=configs/lenet5_fashion_mnist.py
+    cnnjax summary --config=configs/lenet5_fashion_mnist.py [--depth=2]
     cnnjax models [--json]
 
 Problems the user can fix (bad flags, unknown names, missing data, an incompatible workdir)
@@ -53,7 +57,22 @@ _SLURM_SETUP = flags.DEFINE_string(
     "slurm_setup", "", "sweep on SLURM: shell line each task runs first (module load ...)."
 )
 
-USAGE = "usage: cnnjax {train,sweep,report,models} [flags]  (cnnjax COMMAND --help for the flags)"
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", "best", "eval/visualize: best (by test accuracy), latest, or a step number."
+)
+_SPLIT = flags.DEFINE_string("split", "", "eval: a TFDS split instead of the run's eval split.")
+_USE_EMA = flags.DEFINE_bool("use_ema", False, "eval: the EMA of the weights (train.ema_decay).")
+_LAYERS = flags.DEFINE_list("layers", [], "visualize: layers for feature maps, e.g. ConvBlock_1.")
+_IMAGES = flags.DEFINE_list("images", [], "visualize: indices of eval-split images to show.")
+_EXAMPLES = flags.DEFINE_integer("examples", 4, "gradcheck: training examples in the batch.")
+_DIRECTIONS = flags.DEFINE_integer("directions", 4, "gradcheck: random directions checked.")
+_COORDINATES = flags.DEFINE_integer("coordinates", 8, "gradcheck: single parameters checked.")
+_DEPTH = flags.DEFINE_integer("depth", 0, "summary: fold modules deeper than this (0: all).")
+
+USAGE = (
+    "usage: cnnjax {train,sweep,report,eval,visualize,gradcheck,summary,models} [flags]  "
+    "(cnnjax COMMAND --help for the flags)"
+)
 
 
 def _fail(command: str, message: str) -> None:
@@ -151,7 +170,7 @@ def _sweep(argv: list[str]) -> None:
     sys.exit(
         command.sweep(
             config,
-            config_flags.get_config_filename(flags.FLAGS["config"]),
+            _config_path(),
             os.path.abspath(_WORKDIR.value),
             workers=_WORKERS.value,
             launcher=_LAUNCHER.value,
@@ -159,6 +178,12 @@ def _sweep(argv: list[str]) -> None:
             slurm_options=slurm_options,
         )
     )
+
+
+def _config_path() -> str:
+    """The --config file without its `:arg` (ml_collections keeps the arg when it has a '/')."""
+    path = config_flags.get_config_filename(flags.FLAGS["config"])
+    return path.split(".py:", 1)[0] + ".py" if ".py:" in path else path
 
 
 def _report(argv: list[str]) -> None:
@@ -184,7 +209,75 @@ def _models(argv: list[str]) -> None:
         print(f"{row['name']:<16} {row['params']:>14,} {row['macs'] / 1e6:>10,.1f}  {shape}")
 
 
-COMMANDS = {"train": _train, "sweep": _sweep, "report": _report, "models": _models}
+def _require_workdir(command: str) -> str:
+    if not _WORKDIR.value:
+        _fail(command, "--workdir=DIR (a `cnnjax train` run) is required")
+    return os.path.abspath(_WORKDIR.value)
+
+
+def _eval(argv: list[str]) -> None:
+    del argv
+    workdir = _require_workdir("eval")
+    from cnnjax.inspect.evaluation_report import evaluate_workdir, format_evaluation
+
+    result = evaluate_workdir(
+        workdir, _CHECKPOINT.value, split=_SPLIT.value or None, use_ema=_USE_EMA.value
+    )
+    print(format_evaluation(result))
+
+
+def _visualize(argv: list[str]) -> None:
+    del argv
+    workdir = _require_workdir("visualize")
+    try:
+        indices = [int(i) for i in _IMAGES.value] or None
+    except ValueError:
+        _fail("visualize", f"--images={','.join(_IMAGES.value)}: give indices, e.g. 0,1,2")
+    from cnnjax.inspect.visualize import format_visualization, visualize_workdir
+
+    paths = visualize_workdir(
+        workdir, _CHECKPOINT.value, layers=_LAYERS.value or None, image_indices=indices
+    )
+    print(format_visualization(paths))
+
+
+def _gradcheck(argv: list[str]) -> None:
+    del argv
+    if _CONFIG.value is None:
+        _fail("gradcheck", "--config=FILE is required")
+    config = _config("gradcheck")
+    from cnnjax.inspect.gradcheck import gradcheck_from_config
+
+    report, passed = gradcheck_from_config(
+        config,
+        batch_size=_EXAMPLES.value,
+        num_directions=_DIRECTIONS.value,
+        num_coordinates=_COORDINATES.value,
+    )
+    print(report)
+    sys.exit(0 if passed else 1)
+
+
+def _summary(argv: list[str]) -> None:
+    del argv
+    if _CONFIG.value is None:
+        _fail("summary", "--config=FILE is required")
+    config = _config("summary")
+    from cnnjax.inspect.summary import summary_from_config
+
+    print(summary_from_config(config, depth=_DEPTH.value or None))
+
+
+COMMANDS = {
+    "train": _train,
+    "sweep": _sweep,
+    "report": _report,
+    "eval": _eval,
+    "visualize": _visualize,
+    "gradcheck": _gradcheck,
+    "summary": _summary,
+    "models": _models,
+}
 
 
 def _main(argv: list[str], command: str) -> None:

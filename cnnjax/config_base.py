@@ -43,6 +43,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     # None means $CNNJAX_DATA_SOURCE_DIR or /usr/share/datasets/fashion-mnist.
     config.data.source_dir = ml_collections.config_dict.placeholder(str)
     config.data.download = False  # let TFDS download the dataset when it is missing (online)
+    # Class subsets (transfer studies): "1,3,5" keeps only these class ids, relabeled 0..k-1 in
+    # this order, in both splits; "" keeps every class.
+    config.data.classes = ""
+    config.data.train_examples_per_class = 0  # > 0: the first n training examples of each class
     # ImageNet-style datasets (imagenet2012, imagenette, imagefolder) are decoded per batch:
     config.data.image_size = 224  # random-resized crops for training, center crops for eval
     config.data.image_folder = ml_collections.config_dict.placeholder(str)  # imagefolder: DIR
@@ -72,6 +76,18 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.train.compute_dtype = "float32"
     config.train.grad_accum_steps = 1  # micro-batches per step (data.batch_size is the total)
     config.train.ema_decay = 0.0  # > 0: keep an EMA of the weights and evaluate it too
+
+    # Fine-tuning: start from the weights of another run instead of a fresh initialization.
+    config.init_from = ml_collections.config_dict.placeholder(str)  # that run's workdir
+    config.finetune = ml_collections.ConfigDict()
+    config.finetune.checkpoint = "best"  # of init_from: best, latest or a step
+    # Regular expressions searched in parameter paths such as "Dense_2/kernel" (`|` for several):
+    config.finetune.reinit = ""  # start fresh although the shapes match (a head for new classes)
+    config.finetune.freeze = ""  # kept fixed: no update, no weight decay
+    # Learning-rate multipliers per group, "regex=factor;regex=factor" (first match wins), e.g.
+    # "ConvBlock=0.1" trains the convolutions at a tenth of the schedule's rate.
+    config.finetune.lr_multipliers = ""
+    config.finetune.batch_norm = "update"  # or "frozen": running statistics used, never updated
 
     # Data parallelism over a device mesh (cnnjax/parallel): the batch is split over devices.
     config.parallel = ml_collections.ConfigDict()

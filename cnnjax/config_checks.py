@@ -83,6 +83,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         )
     if not 0.0 <= config.train.ema_decay < 1.0:
         raise UserError(f"config.train.ema_decay must be in [0, 1) (got {config.train.ema_decay})")
+    examples_per_class = config.data.train_examples_per_class
+    _positive(examples_per_class, "data.train_examples_per_class", allow_zero=True)
+    if config.data.name in STREAMING_DATASETS and (config.data.classes or examples_per_class):
+        raise UserError("config.data.classes and train_examples_per_class are for in-memory data")
+    check_choice("finetune.batch_norm", config.finetune.batch_norm, ("update", "frozen"))
     _positive(config.parallel.num_devices, "parallel.num_devices", allow_zero=True)
     check_choice("parallel.step", config.parallel.step, PARALLEL_STEPS)
     check_choice("parallel.batch_norm", config.parallel.batch_norm, ("sync", "ghost"))

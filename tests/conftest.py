@@ -32,3 +32,20 @@ def data_dir() -> str:
 
     load_split("fashion_mnist", "test[:10]", data_dir=TEST_DATA_DIR)
     return TEST_DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory, data_dir) -> str:
+    """A finished run of the default recipe's `:smoke` variant, trained once per session and
+    shared by the evaluation and visualization tests (they only add files to it). Its 1,000 test
+    examples come in batches of 300, so the last evaluation batch is partial."""
+    workdir = str(tmp_path_factory.mktemp("smoke_run") / "run")
+    result = run_cnnjax(
+        "train",
+        f"--config={RECIPE}:smoke",
+        f"--workdir={workdir}",
+        "--config.data.eval_batch_size=300",
+        f"--config.data.data_dir={data_dir}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir

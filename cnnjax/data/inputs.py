@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import ml_collections
 
-from cnnjax.data import imagenet, pipeline, sources, tasks
+from cnnjax.data import imagenet, pipeline, sources, subsets, tasks
 from cnnjax.errors import UserError
 
 STREAMING_DATASETS = ("imagenet2012", "imagenette", "imagefolder")
@@ -35,9 +35,13 @@ class InMemoryInput:
             source_dir=cfg.source_dir,
             download=cfg.download,
         )
+        train = subsets.select_classes(
+            load(cfg.train_split), cfg.classes, examples_per_class=cfg.train_examples_per_class
+        )
+        test = subsets.select_classes(load(cfg.eval_split), cfg.classes)
         # Derived tasks use other seeds for the two splits: different canvases and clips.
-        self.train_split = tasks.derive(cfg.task, load(cfg.train_split), seed=config.seed)
-        self.test_split = tasks.derive(cfg.task, load(cfg.eval_split), seed=config.seed + 1)
+        self.train_split = tasks.derive(cfg.task, train, seed=config.seed)
+        self.test_split = tasks.derive(cfg.task, test, seed=config.seed + 1)
         self.augment = pipeline.AugmentConfig(**cfg.augment.to_dict())
         self.mean, self.std = pipeline.channel_stats(self.train_split.images)
         self.batch_size, self.eval_batch_size, self.seed = (

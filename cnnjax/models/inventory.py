@@ -17,6 +17,26 @@ import jax.numpy as jnp
 from cnnjax.models.registry import create, default_input_shape, list_models
 
 
+def layer_macs(module: nn.Module, args: tuple, output) -> int:
+    """Multiply-accumulates of one `__call__` of `module` on `args` that returned `output`.
+
+    Counts one per weight use for nn.Conv, nn.ConvTranspose and nn.Dense, summed over the
+    non-batch dims (per example when the batch is 1); 0 for any other module.
+    """
+    if isinstance(module, (nn.Conv, nn.ConvTranspose)):
+        kernel = module.kernel_size
+        kernel = tuple(kernel) if isinstance(kernel, (tuple, list)) else (kernel,)
+        if isinstance(module, nn.ConvTranspose):
+            # Each input element is multiplied by the whole kernel once.
+            return math.prod(args[0].shape[1:]) * math.prod(kernel) * module.features
+        groups = getattr(module, "feature_group_count", 1)
+        per_output = math.prod(kernel) * args[0].shape[-1] // groups
+        return math.prod(output.shape[1:]) * per_output
+    if isinstance(module, nn.Dense):
+        return math.prod(output.shape[1:]) * args[0].shape[-1]
+    return 0
+
+
 def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     """Multiply-accumulates of one forward pass of `model` on one example of `input_shape`."""
     total = 0
@@ -24,23 +44,8 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     def count(next_fun, args, kwargs, context):
         nonlocal total
         output = next_fun(*args, **kwargs)
-        module = context.module
-        if context.method_name == "__call__" and isinstance(module, (nn.Conv, nn.ConvTranspose)):
-            kernel = (
-                module.kernel_size
-                if isinstance(module.kernel_size, (tuple, list))
-                else (module.kernel_size,)
-            )
-            in_features = args[0].shape[-1]
-            groups = getattr(module, "feature_group_count", 1)
-            per_output = math.prod(kernel) * in_features // groups
-            if isinstance(module, nn.ConvTranspose):
-                # Each input element is multiplied by the whole kernel once.
-                total += math.prod(args[0].shape[1:]) * math.prod(kernel) * module.features
-            else:
-                total += math.prod(output.shape[1:]) * per_output
-        elif context.method_name == "__call__" and isinstance(module, nn.Dense):
-            total += math.prod(output.shape[1:]) * args[0].shape[-1]
+        if context.method_name == "__call__":
+            total += layer_macs(context.module, args, output)
         return output
 
     dummy = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)

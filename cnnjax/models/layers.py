@@ -55,6 +55,14 @@ BATCH_NORM_AXIS: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 
 
+# True while tracing a fine-tuning step with frozen batch norm (`finetune.batch_norm="frozen"`):
+# batch norm then normalizes with its running statistics and leaves them unchanged, as in
+# inference, while dropout and the rest of the model stay in training mode.
+FROZEN_BATCH_NORM: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "frozen_batch_norm", default=False
+)
+
+
 class Normalization(nn.Module):
     """Normalization by name over NHWC (or [B, F]) features.
 
@@ -74,6 +82,7 @@ class Normalization(nn.Module):
         if self.kind == "none":
             return x
         if self.kind == "batch":
+            train = train and not FROZEN_BATCH_NORM.get()
             return nn.BatchNorm(
                 use_running_average=not train,
                 momentum=0.9,

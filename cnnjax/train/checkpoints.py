@@ -57,6 +57,9 @@ class RunCheckpoints:
     def best_step(self) -> int | None:
         return self._manager.best_step()
 
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
     def save(self, step: int, state: Any, record: dict, metrics: dict | None = None) -> None:
         """Saves asynchronously; `metrics` (with test_accuracy) ranks it among the best."""
         self._manager.save(
@@ -91,6 +94,17 @@ class RunCheckpoints:
         except Exception as error:  # noqa: BLE001
             raise self._unreadable(step, error) from None
         return restored["state"], record
+
+    def restore_as_saved(self, step: int) -> dict:
+        """The state of checkpoint `step` as saved (a dict of arrays), with no target to match:
+        for reading another model's weights (fine-tuning)."""
+        try:
+            restored = self._manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
+            )
+        except Exception as error:  # noqa: BLE001
+            raise self._unreadable(step, error) from None
+        return restored["state"]
 
     def _unreadable(self, step: int, error: Exception) -> UserError:
         first_line = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""

@@ -25,7 +25,7 @@ from cnnjax.config_checks import validate_config
 from cnnjax.data.inputs import make_input
 from cnnjax.errors import UserError
 from cnnjax.metrics import MetricWriter, NullWriter, plot_curves, read_metrics
-from cnnjax.train import steps
+from cnnjax.train import finetune, steps
 from cnnjax.train.checkpoints import RunCheckpoints, model_signature
 from cnnjax.train.optim import make_optimizer
 from cnnjax.train.run_record import environment
@@ -55,6 +55,7 @@ def make_steps(
     compute_dtype: str = "float32",
     grad_accum_steps: int = 1,
     ema_decay: float = 0.0,
+    frozen_batch_norm: bool = False,
 ):
     """The jitted train and eval steps; the train step donates the state it replaces.
 
@@ -86,6 +87,8 @@ def make_steps(
         )
     else:
         step = functools.partial(steps.train_step, **options)
+    if frozen_batch_norm:  # fine-tuning: batch norm in inference mode inside the train step
+        step = finetune.with_frozen_batch_norm(step)
     train = jax.jit(step, donate_argnums=0, **shardings)
 
     def make_eval(use_ema: bool):
@@ -157,8 +160,13 @@ class Run:
 
         num_classes = self.input.num_classes
         self.model = build_model(config, num_classes)
-        tx = make_optimizer(
-            config.optimizer, steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps
+        tx = finetune.wrap_optimizer(
+            make_optimizer(
+                config.optimizer,
+                steps_per_epoch=self.steps_per_epoch,
+                total_steps=self.total_steps,
+            ),
+            config.finetune,
         )
         self.input_shape = self.input.input_shape
         self.mesh = parallel.data_mesh(config.parallel.num_devices)
@@ -182,6 +190,7 @@ class Run:
             compute_dtype=config.train.compute_dtype,
             grad_accum_steps=config.train.grad_accum_steps,
             ema_decay=ema_decay,
+            frozen_batch_norm=config.finetune.batch_norm == "frozen",
         )
         # Every process saves its part of each checkpoint; only the first writes files.
         self.is_main = jax.process_index() == 0
@@ -223,6 +232,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     wall_start = time.perf_counter()
     run = Run(config, workdir)
     record = run.restore()  # before writing anything: a wrong workdir must lose nothing
+    if not record and config.init_from:  # a new fine-tuning run (a resumed one has its weights)
+        state, report = finetune.initialize_from(jax.device_get(run.state), config)
+        run.state = parallel.replicate(state, run.mesh)
+        if run.is_main:
+            print(report, flush=True)
     start = int(run.state.step)
     if run.is_main:  # on many hosts, the first process writes the files
         with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -294,8 +308,11 @@ def _train(run: Run, record: dict, start: int, writer: MetricWriter) -> dict:
                         f"{record['last_test']['accuracy']:.4f}, "
                         f"loss {record['last_test']['loss']:.4f}"
                     )
-            _save(run, done, record, epoch_sums, window_sums, metrics_for_best)
-            mark = time.perf_counter()
+            # Saved at evaluations (ranked among the best) and on the usual cadence: epochs of a
+            # few steps (fine-tuning on small data) would otherwise spend their time saving.
+            if metrics_for_best or done % cfg.checkpoint_every_steps == 0:
+                _save(run, done, record, epoch_sums, window_sums, metrics_for_best)
+                mark = time.perf_counter()
         elif done % cfg.checkpoint_every_steps == 0:
             _save(run, done, record, epoch_sums, window_sums, None)
             mark = time.perf_counter()

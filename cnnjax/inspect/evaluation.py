@@ -1,0 +1,190 @@
+"""Evaluation beyond top-1: a pure step that returns sums, and the metrics derived from them.
+
+`full_eval_step(state, batch) -> sums` counts, over the examples (or pixels) whose `mask` is 1,
+the loss, top-1 and top-k hits, the confusion matrix and a calibration histogram over the
+confidence (the largest softmax probability). Everything is a sum, so the sums of any split of
+the data into batches add up to the same totals, and `summarize_evaluation(sums)` turns the
+totals into accuracies, per-class accuracy, expected / maximum calibration error and mean IoU.
+
+Counts are int32, not float32 as in `cnnjax.train.steps.eval_step`: a float32 sum stops being
+exact past 2**24 (16.8M), which the pixel counts of a dense task's test split exceed.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cnnjax.train.state import TrainState
+from cnnjax.train.steps import _variables, cast_floats
+
+Batch = dict[str, jax.Array]
+Sums = dict[str, jax.Array]
+NUM_BINS = 15  # calibration bins, as in Guo et al. 2017 ("On Calibration of Modern Neural Nets")
+TOP_K = 5
+
+
+def _top_k_key(sums: dict) -> str:
+    """The name of the top-k hit count in `sums`, e.g. "top_5_correct": k is in the name so
+    that the sums describe themselves (with one class, k = 1 and it is top_1_correct)."""
+    keys = [k for k in sums if k.startswith("top_") and k.endswith("_correct")]
+    others = [k for k in keys if k != "top_1_correct"]
+    if len(others) > 1:
+        raise ValueError(f"expected one top-k count in the sums, found {others}")
+    return others[0] if others else "top_1_correct"
+
+
+def full_eval_step(
+    state: TrainState,
+    batch: Batch,
+    *,
+    num_classes: int,
+    num_bins: int = NUM_BINS,
+    top_k: int = TOP_K,
+    compute_dtype=None,
+    use_ema: bool = False,
+) -> Sums:
+    """Evaluation sums on `batch` {'image', 'label' [B] or [B, H, W], 'mask' [B]}.
+
+    Returns count, loss_sum, top_1_correct, top_{k}_correct (k = min(top_k, num_classes)),
+    confusion [true, predicted], and per calibration bin (equal widths on [0, 1] over the
+    confidence): bin_count, bin_confidence (sum) and bin_correct. Examples with mask 0 count for
+    nothing. `compute_dtype` (e.g. bfloat16) casts parameters and images as in training;
+    `use_ema` evaluates the moving average of the weights.
+    """
+    labels = batch["label"]  # [B] or [B, H, W]
+    mask = jnp.broadcast_to(batch["mask"].reshape(-1, *([1] * (labels.ndim - 1))), labels.shape)
+    # One row per counted unit (example or pixel): logits [N, K], labels and counted [N].
+    logits = _logits(state, batch["image"], compute_dtype, use_ema).reshape(-1, num_classes)
+    labels, counted = labels.reshape(-1), (mask.reshape(-1) > 0).astype(jnp.int32)
+    # `where`, not a product: padding must add nothing even if its logits are not finite.
+    masked = lambda values: jnp.where(counted > 0, values, 0)  # noqa: E731
+
+    log_probs = jax.nn.log_softmax(logits)
+    losses = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
+    predictions = logits.argmax(-1)
+    hit = masked((predictions == labels).astype(jnp.int32))
+    k = min(top_k, num_classes)
+    _, top_indices = jax.lax.top_k(logits, k)  # ties go to the lower index, as in argmax
+    top_k_hit = masked((top_indices == labels[:, None]).any(-1).astype(jnp.int32))
+
+    confidence = masked(jnp.exp(log_probs.max(-1)))
+    # Bin b holds confidences in [b / num_bins, (b + 1) / num_bins); a confidence of 1 the last.
+    bins = jnp.clip(jnp.floor(confidence * num_bins).astype(jnp.int32), 0, num_bins - 1)
+    per_bin = lambda values: jnp.zeros(num_bins, values.dtype).at[bins].add(values)  # noqa: E731
+    return {
+        "count": counted.sum(),
+        "loss_sum": masked(losses).sum(),
+        "top_1_correct": hit.sum(),
+        f"top_{k}_correct": top_k_hit.sum(),
+        "confusion": jnp.zeros((num_classes, num_classes), jnp.int32)
+        .at[labels, predictions]
+        .add(counted),
+        "bin_count": per_bin(counted),
+        "bin_confidence": per_bin(confidence),
+        "bin_correct": per_bin(hit),
+    }
+
+
+def _logits(state: TrainState, images: jax.Array, compute_dtype, use_ema: bool) -> jax.Array:
+    """The model's float32 logits in inference mode (batch statistics, no dropout)."""
+    params = state.ema_params if use_ema else state.params
+    return state.apply_fn(
+        _variables(cast_floats(params, compute_dtype), state.batch_stats),
+        cast_floats(images, compute_dtype),
+        train=False,
+    ).astype(jnp.float32)
+
+
+def add_sums(total: Sums | None, new: Sums) -> Sums:
+    """`total + new`, key by key, on device (no host sync); `new` when `total` is None."""
+    return new if total is None else jax.tree.map(jnp.add, total, new)
+
+
+def calibration(sums: dict) -> dict:
+    """Expected and maximum calibration error over the bins of `sums`, and the bin table.
+
+    ECE = sum_b (n_b / N) |accuracy_b - confidence_b|; MCE = max_b over non-empty bins. Each
+    table row has the bin's edges, count, mean confidence and accuracy (None when empty).
+    """
+    counts = np.asarray(sums["bin_count"], np.float64)
+    confidence = np.asarray(sums["bin_confidence"], np.float64)
+    correct = np.asarray(sums["bin_correct"], np.float64)
+    num_bins, total = len(counts), max(counts.sum(), 1.0)
+    filled = counts > 0
+    gaps = np.abs(correct[filled] - confidence[filled]) / counts[filled]
+    table = [
+        {
+            "lower": b / num_bins,
+            "upper": (b + 1) / num_bins,
+            "count": int(counts[b]),
+            "confidence": float(confidence[b] / counts[b]) if counts[b] else None,
+            "accuracy": float(correct[b] / counts[b]) if counts[b] else None,
+        }
+        for b in range(num_bins)
+    ]
+    return {
+        "ece": float((counts[filled] / total * gaps).sum()),
+        "mce": float(gaps.max()) if gaps.size else 0.0,
+        "bins": table,
+    }
+
+
+def per_class(confusion: np.ndarray) -> list[dict]:
+    """Per true class: count, correct, accuracy (recall), predicted count and precision; rates
+    are None where their denominator is 0 (so the result holds no NaN)."""
+    true_counts, predicted_counts = confusion.sum(1), confusion.sum(0)
+    rows = []
+    for c in range(len(confusion)):
+        correct = int(confusion[c, c])
+        rows.append(
+            {
+                "count": int(true_counts[c]),
+                "correct": correct,
+                "accuracy": correct / int(true_counts[c]) if true_counts[c] else None,
+                "predicted": int(predicted_counts[c]),
+                "precision": correct / int(predicted_counts[c]) if predicted_counts[c] else None,
+            }
+        )
+    return rows
+
+
+def mean_iou(confusion: np.ndarray) -> float:
+    """TP / (TP + FP + FN) averaged over the classes that occur or are predicted."""
+    true_positives = np.diag(confusion).astype(np.float64)
+    union = confusion.sum(0) + confusion.sum(1) - true_positives
+    return float((true_positives[union > 0] / union[union > 0]).mean())
+
+
+def summarize_evaluation(sums: dict, *, with_mean_iou: bool = False) -> dict:
+    """Plain-Python metrics (JSON-ready) from the totals of `full_eval_step` sums.
+
+    Returns count, top_k (the k), loss, top_1_accuracy, top_{k}_accuracy, per_class_accuracy
+    (None for a class with no example), per_class rows, ece, mce, calibration bins, confusion
+    (nested int lists) and, with `with_mean_iou` (dense tasks), mean_iou.
+    """
+    count = int(sums["count"])
+    denominator = max(count, 1)
+    confusion = np.asarray(sums["confusion"], np.int64)
+    top_k = _top_k_key(sums)
+    rows = per_class(confusion)
+    summary = {
+        "count": count,
+        "top_k": int(top_k.split("_")[1]),
+        "loss": float(sums["loss_sum"]) / denominator,
+        "top_1_accuracy": int(sums["top_1_correct"]) / denominator,
+        top_k.replace("_correct", "_accuracy"): int(sums[top_k]) / denominator,
+    }
+    if with_mean_iou:
+        summary["mean_iou"] = mean_iou(confusion)
+    reliability = calibration(sums)
+    summary.update(
+        ece=reliability["ece"],
+        mce=reliability["mce"],
+        per_class_accuracy=[row["accuracy"] for row in rows],
+        per_class=rows,
+        calibration=reliability["bins"],
+        confusion=confusion.tolist(),
+    )
+    return summary

@@ -1,0 +1,168 @@
+"""Fine-tuning: class subsets, loading another run's weights, freezing, per-group learning rates,
+frozen batch norm, and the command line end to end."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+from conftest import RECIPE, run_cnnjax
+
+from cnnjax import models
+from cnnjax.data.sources import Split
+from cnnjax.data.subsets import select_classes
+from cnnjax.errors import UserError
+from cnnjax.train import finetune, steps
+from cnnjax.train.checkpoints import RunCheckpoints
+from cnnjax.train.state import create_train_state
+
+
+def _finetune_config(**values) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict(
+        {"freeze": "", "lr_multipliers": "", "reinit": "", "batch_norm": "update"}
+    )
+    config.update(values)
+    return config
+
+
+def test_select_classes_relabels_in_the_given_order_and_keeps_the_first_n_per_class():
+    labels = np.array([0, 1, 2, 3, 1, 3, 3, 0, 1], np.int32)
+    images = np.arange(len(labels), dtype=np.uint8).reshape(-1, 1, 1, 1)
+    split = Split(images, labels, num_classes=4)
+    picked = select_classes(split, "3,1")
+    assert picked.num_classes == 2
+    np.testing.assert_array_equal(picked.images.ravel(), [1, 3, 4, 5, 6, 8])
+    np.testing.assert_array_equal(picked.labels, [1, 0, 1, 0, 0, 1])  # 3 -> 0, 1 -> 1
+    first_two = select_classes(split, "3,1", examples_per_class=2)
+    np.testing.assert_array_equal(first_two.images.ravel(), [1, 3, 4, 5])
+    every_class_one_each = select_classes(split, "", examples_per_class=1)
+    np.testing.assert_array_equal(every_class_one_each.images.ravel(), [0, 1, 2, 3])
+    assert select_classes(split, "") is split
+    for bad in ("1,1", "4", "a,b"):
+        with pytest.raises(UserError, match="data.classes"):
+            select_classes(split, bad)
+
+
+def _lenet_state(tx, seed=0, normalization="batch", num_classes=10):
+    model = models.create("lenet5", num_classes=num_classes, normalization=normalization)
+    return create_train_state(model, tx, input_shape=(28, 28, 1), seed=seed)
+
+
+def test_frozen_groups_do_not_move_and_multiplied_groups_move_by_the_factor():
+    config = _finetune_config(freeze="ConvBlock_0", lr_multipliers="Dense_2=0.1;Dense=0")
+    tx = finetune.wrap_optimizer(optax.sgd(1.0), config)
+    state = _lenet_state(tx, normalization="none")
+    labels = finetune.group_labels(state.params, config)
+    assert labels["ConvBlock_0"]["Conv_0"]["kernel"] == "frozen"
+    assert labels["Dense_2"]["kernel"] == "x0.1"  # the first matching pattern wins
+    assert labels["Dense_0"]["kernel"] == "frozen"  # factor 0 freezes
+    assert labels["ConvBlock_1"]["Conv_0"]["kernel"] == "base"
+    grads = jax.tree.map(jnp.ones_like, state.params)
+    new = state.apply_gradients(grads=grads)
+    moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), state.params, new.params)
+    assert moved["ConvBlock_0"]["Conv_0"]["kernel"] == 0.0
+    assert moved["Dense_0"]["kernel"] == 0.0
+    assert moved["ConvBlock_1"]["Conv_0"]["kernel"] == pytest.approx(1.0)
+    assert moved["Dense_2"]["kernel"] == pytest.approx(0.1)
+    with pytest.raises(UserError, match="lr_multipliers"):
+        finetune.parse_lr_multipliers("Dense=fast")
+    with pytest.raises(UserError, match="regular expression"):
+        finetune.group_labels(state.params, _finetune_config(freeze="Conv("))
+
+
+def test_merge_keeps_fresh_heads_where_shapes_differ_or_reinit_matches():
+    saved = jax.device_get(_lenet_state(optax.sgd(0.1), seed=1, num_classes=10).params)
+    fresh = jax.device_get(_lenet_state(optax.sgd(0.1), seed=2, num_classes=5).params)
+    merged, kept = finetune.merge_pretrained(fresh, saved, None)
+    assert kept == ["Dense_2/bias", "Dense_2/kernel"]  # 84x5 here, 84x10 in the saved run
+    np.testing.assert_array_equal(merged["Dense_1"]["kernel"], saved["Dense_1"]["kernel"])
+    np.testing.assert_array_equal(merged["Dense_2"]["kernel"], fresh["Dense_2"]["kernel"])
+    merged, kept = finetune.merge_pretrained(fresh, saved, finetune._compile("Dense_1", "reinit"))
+    assert "Dense_1/kernel" in kept
+    np.testing.assert_array_equal(merged["Dense_1"]["kernel"], fresh["Dense_1"]["kernel"])
+
+
+def test_frozen_batch_norm_uses_and_keeps_the_running_statistics():
+    state = _lenet_state(optax.sgd(0.1))
+    # Running statistics unlike any batch's, so that using them is visible in the logits.
+    state = state.replace(
+        batch_stats=jax.tree.map(lambda s: s + 0.5 * jnp.ones_like(s), state.batch_stats)
+    )
+    batch = {
+        "image": jax.random.normal(jax.random.key(0), (8, 28, 28, 1)),
+        "label": jnp.arange(8) % 10,
+    }
+    step = finetune.with_frozen_batch_norm(
+        lambda s, b: steps.gradients(
+            s, s.params, s.batch_stats, b, jax.random.key(1), num_classes=10
+        )
+    )
+    _, logits, _, new_stats = jax.jit(step)(state, batch)
+    for old, new in zip(
+        jax.tree.leaves(state.batch_stats), jax.tree.leaves(new_stats), strict=True
+    ):
+        np.testing.assert_array_equal(old, new)
+    inference = state.apply_fn(
+        {"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False
+    )
+    np.testing.assert_allclose(logits, inference, atol=1e-5)
+    _, training_logits, _, updated = jax.jit(
+        lambda s, b: steps.gradients(
+            s, s.params, s.batch_stats, b, jax.random.key(1), num_classes=10
+        )
+    )(state, batch)
+    assert float(jnp.abs(training_logits - inference).max()) > 1e-2  # unfrozen: batch statistics
+
+
+def _saved_params(workdir):
+    checkpoints = RunCheckpoints(workdir, keep_best=1)
+    try:
+        return jax.device_get(checkpoints.restore_as_saved(checkpoints.latest_step()))
+    finally:
+        checkpoints.close()
+
+
+def test_finetune_command_end_to_end(tmp_path, data_dir):
+    del data_dir
+    pretrained, tuned = str(tmp_path / "pretrain"), str(tmp_path / "finetune")
+    common = (f"--config={RECIPE}:smoke", "--config.train.epochs=1")
+    result = run_cnnjax(
+        "train", *common, f"--workdir={pretrained}", "--config.data.classes=1,3,5,8,9"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    finetune_args = (
+        *common,
+        f"--workdir={tuned}",
+        "--config.data.classes=0,2,4,6,7",
+        "--config.data.train_examples_per_class=20",
+        "--config.data.batch_size=20",
+        f"--config.init_from={pretrained}",
+        "--config.finetune.reinit=Dense_2",
+        "--config.finetune.freeze=ConvBlock",
+        "--config.finetune.lr_multipliers=Dense_[01]=0.1",
+        "--config.finetune.batch_norm=frozen",
+    )
+    result = run_cnnjax("train", *finetune_args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "14 of 16 parameter arrays loaded; fresh: Dense_2/bias, Dense_2/kernel" in result.stdout
+    with open(os.path.join(tuned, "results.json")) as f:
+        assert json.load(f)["steps"] == 5  # 5 classes x 20 examples / batch 20, one epoch
+    before, after = _saved_params(pretrained), _saved_params(tuned)
+    conv = before["params"]["ConvBlock_1"]["Conv_0"]["kernel"]
+    np.testing.assert_array_equal(after["params"]["ConvBlock_1"]["Conv_0"]["kernel"], conv)
+    for old, new in zip(
+        jax.tree.leaves(before["batch_stats"]), jax.tree.leaves(after["batch_stats"]), strict=True
+    ):
+        np.testing.assert_array_equal(old, new)  # frozen batch norm
+    dense = np.abs(after["params"]["Dense_1"]["kernel"] - before["params"]["Dense_1"]["kernel"])
+    assert 0 < dense.max() < 2e-3  # 5 Adam steps at a tenth of 2e-3
+    # A workdir without checkpoints is one line and exit 2.
+    result = run_cnnjax(
+        "train", *common, f"--workdir={tmp_path / 'other'}", f"--config.init_from={tmp_path}"
+    )
+    assert result.returncode == 2
+    assert "holds no checkpoints" in result.stderr.strip().splitlines()[-1]
