@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from model_sizes import SMALL
 
 from cnnjax import models
 from cnnjax.models.dilated import CONTEXT_DILATIONS, receptive_fields
@@ -36,29 +37,6 @@ PARAMS = {
 }
 # Published multiply-accumulates at 224x224 (torchvision's GFLOPS column counts MACs).
 GMACS = {"alexnet": 0.714, "vgg16": 15.47, "resnet50": 4.09, "c3d": 38.5, "inception_v3": 5.71}
-
-# A small input and size options per variant, so that the default suite stays fast.
-SMALL = {
-    "alexnet": ((64, 64, 3), {"hidden_units": 64}),
-    "alexnet_paper": ((67, 67, 3), {"hidden_units": 64}),
-    "c3d": ((4, 16, 16, 3), {"hidden_units": 32, "stages": ((8,), (16,))}),
-    "c3d_small": ((4, 16, 16, 1), {}),
-    "cifar_convnet": ((32, 32, 3), {}),
-    "convnet1d": ((28, 28), {}),
-    "dilated_context": ((16, 16, 1), {"features": 8}),
-    "googlenet": ((32, 32, 3), {"num_classes": 10}),
-    "inception_v3": ((75, 75, 3), {"num_classes": 10}),
-    "lenet5": ((28, 28, 1), {}),
-    "unet": ((16, 16, 1), {"base_features": 4, "depth": 2}),
-    "unet_small": ((16, 16, 1), {}),
-}
-for _name in models.list_models():
-    if _name.startswith("vgg"):
-        SMALL[_name] = ((32, 32, 3), {"width_divisor": 16})
-    elif get_spec(_name).family.__name__ == "ResNet":
-        SMALL[_name] = ((32, 32, 3), {"width": 4, "num_classes": 10})
-    elif get_spec(_name).family.__name__ in ("CifarResNet", "WideResNet"):
-        SMALL[_name] = ((16, 16, 3), {})
 
 
 @pytest.mark.parametrize("name", sorted(PARAMS))

@@ -8,6 +8,8 @@ and over padded evaluation batches.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,6 +47,52 @@ def cast_floats(tree, dtype):
     )
 
 
+def training_loss(
+    params,
+    batch_stats,
+    apply_fn,
+    batch: Batch,
+    dropout_key: jax.Array,
+    *,
+    num_classes: int,
+    label_smoothing: float = 0.0,
+    compute_dtype=None,
+):
+    """The training objective: (mean loss, (logits, per-example losses, new batch_stats)).
+
+    Cross-entropy of the logits plus 0.3 x that of any auxiliary logits the model sows under
+    `intermediates/aux_logits`, with batch norm in training mode (batch statistics) and dropout
+    drawn from `dropout_key`. `train_step` differentiates exactly this function, and so does the
+    gradient check (cnnjax/inspect/gradcheck.py). With `compute_dtype` the forward pass runs on a
+    cast copy of the parameters and images.
+    """
+    logits, updates = apply_fn(
+        _variables(cast_floats(params, compute_dtype), batch_stats),
+        cast_floats(batch["image"], compute_dtype),
+        train=True,
+        rngs={"dropout": dropout_key},
+        mutable=["batch_stats", "intermediates"],
+    )
+    # The softmax runs in at least float32: bfloat16 logits are widened, while float64 logits
+    # (the gradient check) keep their precision.
+    loss_dtype = jnp.promote_types(logits.dtype, jnp.float32)
+    logits = logits.astype(loss_dtype)
+    losses = cross_entropy(
+        logits, batch["label"], num_classes=num_classes, label_smoothing=label_smoothing
+    )
+    loss = losses.mean()
+    # Auxiliary classifiers (GoogLeNet) sow their logits; weight 0.3 as in Szegedy et al.
+    for aux_logits in jax.tree.leaves(updates.get("intermediates", {}).get("aux_logits", {})):
+        aux = cross_entropy(
+            aux_logits.astype(loss_dtype),
+            batch["label"],
+            num_classes=num_classes,
+            label_smoothing=label_smoothing,
+        )
+        loss += AUX_LOSS_WEIGHT * aux.mean()
+    return loss, (logits, losses, updates.get("batch_stats", batch_stats))
+
+
 def gradients(
     state: TrainState,
     params,
@@ -56,38 +104,23 @@ def gradients(
     label_smoothing: float = 0.0,
     compute_dtype=None,
 ):
-    """(grads, logits, per-example losses, new batch_stats) of the mean loss on `batch`.
+    """(grads, logits, per-example losses, new batch_stats) of `training_loss` on `batch`.
 
     With `compute_dtype` (e.g. bfloat16) the forward and backward passes run in that dtype on a
     cast copy of the parameters; the gradients come back in the parameters' dtype (float32), so
     the optimizer state and the master weights stay in float32. Logits are cast back to float32
     before the softmax.
     """
-
-    def loss_fn(params):
-        logits, updates = state.apply_fn(
-            _variables(cast_floats(params, compute_dtype), batch_stats),
-            cast_floats(batch["image"], compute_dtype),
-            train=True,
-            rngs={"dropout": dropout_key},
-            mutable=["batch_stats", "intermediates"],
-        )
-        logits = logits.astype(jnp.float32)
-        losses = cross_entropy(
-            logits, batch["label"], num_classes=num_classes, label_smoothing=label_smoothing
-        )
-        loss = losses.mean()
-        # Auxiliary classifiers (GoogLeNet) sow their logits; weight 0.3 as in Szegedy et al.
-        for aux_logits in jax.tree.leaves(updates.get("intermediates", {}).get("aux_logits", {})):
-            aux = cross_entropy(
-                aux_logits.astype(jnp.float32),
-                batch["label"],
-                num_classes=num_classes,
-                label_smoothing=label_smoothing,
-            )
-            loss += AUX_LOSS_WEIGHT * aux.mean()
-        return loss, (logits, losses, updates.get("batch_stats", batch_stats))
-
+    loss_fn = functools.partial(
+        training_loss,
+        batch_stats=batch_stats,
+        apply_fn=state.apply_fn,
+        batch=batch,
+        dropout_key=dropout_key,
+        num_classes=num_classes,
+        label_smoothing=label_smoothing,
+        compute_dtype=compute_dtype,
+    )
     grads, (logits, losses, new_stats) = jax.grad(loss_fn, has_aux=True)(params)
     return grads, logits, losses, new_stats
 

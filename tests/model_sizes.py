@@ -1,0 +1,32 @@
+"""A small input shape and size options for every registered variant, shared by the tests.
+
+`SMALL[name] = (input shape of one example, options for models.create)`: small enough that the
+default suite stays fast on 2 CPU cores, big enough for every downsampling stage of the net.
+Test files import it as `from model_sizes import SMALL`: pytest puts this rootless test folder
+(it has no __init__.py) on sys.path, both for `pytest tests/` and for a single file.
+"""
+
+from cnnjax import models
+from cnnjax.models.registry import get_spec
+
+SMALL = {
+    "alexnet": ((64, 64, 3), {"hidden_units": 64}),
+    "alexnet_paper": ((67, 67, 3), {"hidden_units": 64}),
+    "c3d": ((4, 16, 16, 3), {"hidden_units": 32, "stages": ((8,), (16,))}),
+    "c3d_small": ((4, 16, 16, 1), {}),
+    "cifar_convnet": ((32, 32, 3), {}),
+    "convnet1d": ((28, 28), {}),
+    "dilated_context": ((16, 16, 1), {"features": 8}),
+    "googlenet": ((32, 32, 3), {"num_classes": 10}),
+    "inception_v3": ((75, 75, 3), {"num_classes": 10}),
+    "lenet5": ((28, 28, 1), {}),
+    "unet": ((16, 16, 1), {"base_features": 4, "depth": 2}),
+    "unet_small": ((16, 16, 1), {}),
+}
+for _name in models.list_models():
+    if _name.startswith("vgg"):
+        SMALL[_name] = ((32, 32, 3), {"width_divisor": 16})
+    elif get_spec(_name).family.__name__ == "ResNet":
+        SMALL[_name] = ((32, 32, 3), {"width": 4, "num_classes": 10})
+    elif get_spec(_name).family.__name__ in ("CifarResNet", "WideResNet"):
+        SMALL[_name] = ((16, 16, 3), {})
