@@ -195,3 +195,18 @@ def test_cli_eval(trained):
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len(errors) == 1 and "no checkpoint at step 999" in errors[0], result.stderr[-2000:]
+
+
+def test_class_names_follow_a_class_subset():
+    from types import SimpleNamespace
+
+    from cnnjax.config_base import get_base_config
+    from cnnjax.inspect.evaluation_report import class_names
+
+    config = get_base_config()
+    config.data.classes = "9,0,6"
+    run = SimpleNamespace(config=config, input=SimpleNamespace(num_classes=3))
+    assert class_names(run) == ["Ankle boot", "T-shirt/top", "Shirt"]
+    config.data.classes = ""
+    run.input.num_classes = 10
+    assert class_names(run)[4] == "Coat"

@@ -24,6 +24,7 @@ from tensorboardX import SummaryWriter
 
 from cnnjax import parallel
 from cnnjax.data import sources
+from cnnjax.data.subsets import parse_classes
 from cnnjax.errors import UserError
 from cnnjax.inspect.evaluation import add_sums, full_eval_step, summarize_evaluation
 from cnnjax.train.checkpoints import RunCheckpoints
@@ -58,15 +59,18 @@ OUTPUT_FILES = (
 )
 
 
-def class_names(trained: TrainedRun) -> list[str]:
-    """Names of the run's classes: from the dataset (TFDS metadata or the image folder), a
-    table of the usual ones, or the class indices."""
-    cfg, num_classes = trained.config.data, trained.run.input.num_classes
+def class_names(run) -> list[str]:
+    """Names of the classes of a run (cnnjax.train.loop.Run): from the dataset (TFDS metadata or
+    the image folder), a table of the usual ones, or the class indices; a class subset
+    (`data.classes`) keeps its selected names in its order."""
+    cfg, num_classes = run.config.data, run.input.num_classes
     if cfg.task == "motion":
         names = MOTION_NAMES
     else:
-        names = getattr(getattr(trained.run.input, "eval_source", None), "class_names", None)
+        names = getattr(getattr(run.input, "eval_source", None), "class_names", None)
         names = names or _tfds_names(cfg) or CLASS_NAMES.get(cfg.name)
+        if names and cfg.classes:
+            names = tuple(names[c] for c in parse_classes(cfg.classes, len(names)))
         if names and cfg.task == "segmentation":
             names = ("background", *names)
     if not names or len(names) != num_classes:
@@ -147,7 +151,7 @@ def evaluate_workdir(
         "model": cfg.model.name,
         "dataset": cfg.data.name,
         "task": cfg.data.task,
-        "class_names": class_names(trained),
+        "class_names": class_names(trained.run),
         **summarize_evaluation(sums, with_mean_iou=cfg.data.task == "segmentation"),
     }
     slug = _slug(cfg.data.eval_split, use_ema)

@@ -33,19 +33,13 @@ from tensorboardX import SummaryWriter
 from cnnjax.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from cnnjax.errors import UserError
 from cnnjax.inspect import activations as act
+from cnnjax.inspect.evaluation_report import class_names
 from cnnjax.train.state import create_train_state
 from cnnjax.train.trained_run import TrainedRun, load_trained_run
 
 matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
-# Label names of the in-memory datasets (streamed ones carry their own).
-DATASET_CLASSES = {
-    "fashion_mnist": "T-shirt/top|Trouser|Pullover|Dress|Coat|Sandal|Shirt|Sneaker|Bag|Ankle boot",
-    "mnist": "0|1|2|3|4|5|6|7|8|9",
-    "cifar10": "airplane|automobile|bird|cat|deer|dog|frog|horse|ship|truck",
-}
-MOTION_CLASSES = "E|SE|S|SW|W|NW|N|NE"  # in the order of cnnjax.data.tasks.DIRECTIONS
 STATS_IMAGES = 256
 # Activation values held for the statistics (float64 copies: about 400 MB): fewer images for
 # big nets at big inputs, where 256 images of every layer would not fit in memory.
@@ -98,7 +92,7 @@ def visualize_workdir(
     maps = {la.name: values[la.name] for la in map_layers} | {p: outputs[p] for p in map_paths}
     paths.update(_write_feature_maps(maps, num_stats, pictures[0], out_dir))
     logits = np.asarray(outputs[""][num_stats:])
-    names = _class_names(run)
+    names = class_names(run)
     paths["saliency"] = _write_saliency(
         model, variables, chosen, logits, pictures, labels[num_stats:], names, out_dir, title
     )
@@ -151,18 +145,6 @@ def _displayable(run, images: np.ndarray) -> np.ndarray:
     else:
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     return np.clip(images * np.asarray(std) + np.asarray(mean), 0.0, 1.0)
-
-
-def _class_names(run) -> list[str]:
-    data, count = run.config.data, run.input.num_classes
-    names = DATASET_CLASSES.get(data.name, "").split("|")
-    if names == [""]:
-        names = getattr(getattr(run.input, "train_source", None), "class_names", None)
-    if data.task == "motion":
-        names = MOTION_CLASSES.split("|")
-    elif data.task == "segmentation" and names:
-        names = ("background", *names)
-    return list(names) if names and len(names) == count else [str(k) for k in range(count)]
 
 
 def _spread(items: list, limit: int) -> list:
