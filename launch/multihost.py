@@ -171,10 +171,9 @@ def _stop(processes: Sequence[subprocess.Popen], grace_seconds: float) -> None:
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for process in processes:
             if process.poll() is None:
-                try:
-                    os.killpg(process.pid, sig)  # its own session: pid == process group id
-                except ProcessLookupError:
-                    pass
+                # Its own session: pid == process group id; it may have exited meanwhile.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, sig)
         deadline = time.monotonic() + grace_seconds
         while any(p.poll() is None for p in processes) and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -208,3 +208,26 @@ def test_visualize_command(smoke_run):
     assert not os.path.exists(os.path.join(out_dir, "feature_maps_Dense_0-act.png"))
     assert "Dense_0/act has no spatial maps" in result.stdout
     assert os.path.join(out_dir, "saliency.png") in result.stdout
+
+
+def test_loaded_run_keeps_the_parameters_training_started_from(smoke_run):
+    import optax
+
+    from cnnjax.train.state import create_train_state
+    from cnnjax.train.trained_run import load_trained_run
+
+    trained = load_trained_run(smoke_run, "latest")
+    run = trained.run
+    initial = create_train_state(
+        run.model, optax.identity(), input_shape=run.input_shape, seed=run.config.seed
+    ).params
+    for start, fresh in zip(
+        jax.tree.leaves(trained.initial_params), jax.tree.leaves(initial), strict=True
+    ):
+        np.testing.assert_array_equal(start, fresh)
+    trained_leaves = jax.tree.leaves(trained.state.params)
+    moved = [
+        float(np.abs(np.asarray(a) - np.asarray(b)).max())
+        for a, b in zip(jax.tree.leaves(initial), trained_leaves, strict=True)
+    ]
+    assert max(moved) > 1e-3  # the restored checkpoint is not the initialization

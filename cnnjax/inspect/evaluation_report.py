@@ -27,13 +27,11 @@ from cnnjax.data import sources
 from cnnjax.data.subsets import parse_classes
 from cnnjax.errors import UserError
 from cnnjax.inspect.evaluation import add_sums, full_eval_step, summarize_evaluation
-from cnnjax.train.checkpoints import RunCheckpoints
 from cnnjax.train.loop import device_prefetch
 from cnnjax.train.trained_run import (
     TrainedRun,
     load_trained_run,
     read_run_config,
-    resolve_checkpoint,
 )
 
 matplotlib.use("Agg")  # files only: no display on servers and CI
@@ -133,11 +131,6 @@ def evaluate_workdir(
         raise UserError(
             "--use_ema: this run kept no moving average of its weights (train.ema_decay=0)"
         )
-    checkpoints = RunCheckpoints(workdir, keep_best=config.train.keep_best_checkpoints)
-    try:  # a bad --checkpoint fails here, before the data are loaded (seconds for big splits)
-        resolve_checkpoint(checkpoints, checkpoint)
-    finally:
-        checkpoints.close()
     if split is not None:
         config.data.eval_split = split
     trained = load_trained_run(workdir, checkpoint, config=config)

@@ -27,14 +27,12 @@ import re
 import jax
 import matplotlib
 import numpy as np
-import optax
 from tensorboardX import SummaryWriter
 
 from cnnjax.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from cnnjax.errors import UserError
 from cnnjax.inspect import activations as act
 from cnnjax.inspect.evaluation_report import class_names
-from cnnjax.train.state import create_train_state
 from cnnjax.train.trained_run import TrainedRun, load_trained_run
 
 matplotlib.use("Agg")  # files only: no display on servers and CI
@@ -212,12 +210,8 @@ def _write_filters(trained: TrainedRun, calls, out_dir: str, title: str) -> dict
         print("visualize: the model has no convolution: no filters.png")
         return {}
     run = trained.run
-    # The parameters `cnnjax train` started from: create_train_state with the run's seed.
-    initial = create_train_state(
-        run.model, optax.identity(), input_shape=run.input_shape, seed=run.config.seed
-    ).params
     kernel = act.first_layer_filters(trained.state.params, conv)
-    start = act.first_layer_filters(initial, conv)
+    start = act.first_layer_filters(trained.initial_params, conv)  # where training started
     rgb = kernel.shape[-1] == 3 and kernel.ndim == 4
     scale = "RGB, min-max scaled" if rgb else "red > 0 > blue, scaled to max |w|"
     # How far training moved each filter from where it started.

@@ -57,4 +57,4 @@ class NullWriter:
         del step, split, values
 
     def close(self) -> None:
-        pass
+        """Nothing is open."""

@@ -85,6 +85,9 @@ class TrainedRun:
 
     run: Run
     step: int
+    # The parameters the run started from (create_train_state with its seed), kept from building
+    # the Run so that inspecting them needs no second initialization.
+    initial_params: dict = dataclasses.field(repr=False, default_factory=dict)
 
     @property
     def config(self) -> ml_collections.ConfigDict:
@@ -109,10 +112,16 @@ def load_trained_run(
     """
     workdir = os.path.abspath(workdir)
     config = config or read_run_config(workdir)
+    # A bad `checkpoint` fails before the data are loaded (seconds to minutes for big splits).
+    checkpoints = RunCheckpoints(workdir, keep_best=config.train.keep_best_checkpoints)
+    try:
+        step = resolve_checkpoint(checkpoints, checkpoint)
+    finally:
+        checkpoints.close()
     run = Run(config, workdir)
-    step = resolve_checkpoint(run.checkpoints, checkpoint)
+    initial_params = run.state.params
     abstract = parallel.with_sharding(
         jax.eval_shape(lambda s: s, run.state), parallel.replicated(run.mesh)
     )
     run.state, _ = run.checkpoints.restore(step, abstract, run.signature)
-    return TrainedRun(run=run, step=step)
+    return TrainedRun(run=run, step=step, initial_params=initial_params)
