@@ -1,13 +1,18 @@
 """Training-step throughput and compile time of registered models on synthetic data.
 
     .venv/bin/python benchmarks/train_throughput.py [--models=lenet5] [--batch_size=256]
+        [--image_size=N] [--normalization=none|batch] [--json=FILE]
 
-Prints, per model, the compile time of the first step and the median images/s over several
-timed windows of jitted steps (after warm-up), with the state donated as in training.
+Prints, per model, the seconds of the first step (tracing + compilation + one step) and the
+median images/s over several timed windows of jitted steps after warm-up, with the state donated
+as in training. The optimizer is SGD with momentum 0.9 (lr 0.01), the step the PyTorch twins in
+torch_reference.py time, so that benchmarks/suite.py can compare the two. Fast paths follow
+CNNJAX_FAST_PATHS (cnnjax/fast_paths.py); suite.py runs this once with them and once without.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 
@@ -15,40 +20,60 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from cnnjax import models
+from cnnjax import fast_paths, models
 from cnnjax.config_base import get_base_config
 from cnnjax.train.loop import make_steps
 from cnnjax.train.optim import make_optimizer
 from cnnjax.train.state import create_train_state
 
-_MODELS = flags.DEFINE_list("models", ["lenet5"], "Registered model names.")
-_BATCH = flags.DEFINE_integer("batch_size", 256, "Images per step.")
-_WINDOWS = flags.DEFINE_integer("windows", 5, "Timed windows; the median is reported.")
-_STEPS = flags.DEFINE_integer("steps_per_window", 30, "Steps per timed window.")
+NUM_CLASSES = 10
 
 
-def measure(name: str, batch_size: int, windows: int, steps_per_window: int) -> dict:
-    """Compile seconds and per-window images/s of `name`'s train step on random data."""
+def input_shape(name: str, image_size: int = 0) -> tuple[int, int, int]:
+    """(H, W, C) of the benchmark's images: Fashion-MNIST's 28x28 for lenet5 (the model pads
+    to 32 itself), else the model's default side or `image_size`."""
     height, width, channels = models.default_input_shape(name)
-    if name == "lenet5":
-        height, width = 28, 28  # Fashion-MNIST size; the model pads to 32 itself
-    tx = make_optimizer(get_base_config().optimizer, steps_per_epoch=100, total_steps=10_000)
-    state = create_train_state(
-        models.create(name), tx, input_shape=(height, width, channels), seed=0
-    )
-    train_fn, _, _ = make_steps(num_classes=10, label_smoothing=0.0)
-    rng = np.random.default_rng(0)
+    if image_size:
+        height = width = image_size
+    elif name == "lenet5":
+        height = width = 28
+    return height, width, channels
+
+
+def measure(
+    name: str,
+    batch_size: int,
+    *,
+    windows: int,
+    steps_per_window: int,
+    warmup: int = 3,
+    image_size: int = 0,
+    normalization: str = "",
+    seed: int = 0,
+) -> dict:
+    """First-step seconds and per-window images/s of `name`'s train step on one random batch."""
+    optimizer = get_base_config().optimizer
+    optimizer.name, optimizer.learning_rate, optimizer.momentum = "momentum", 0.01, 0.9
+    tx = make_optimizer(optimizer, steps_per_epoch=100, total_steps=10_000)
+    options = {"num_classes": NUM_CLASSES}  # as the PyTorch twins (ResNet-18/50 default 1000)
+    if normalization:
+        options["normalization"] = normalization
+    shape = input_shape(name, image_size)
+    state = create_train_state(models.create(name, **options), tx, input_shape=shape, seed=seed)
+    train_fn, _, _ = make_steps(num_classes=NUM_CLASSES, label_smoothing=0.0)
+    rng = np.random.default_rng(seed)
     batch = jax.device_put(
         {
-            "image": rng.normal(size=(batch_size, height, width, channels)).astype(np.float32),
-            "label": rng.integers(0, 10, batch_size).astype(np.int32),
+            "image": rng.normal(size=(batch_size, *shape)).astype(np.float32),
+            "label": rng.integers(0, NUM_CLASSES, batch_size).astype(np.int32),
         }
     )
+    jax.block_until_ready(state)
     start = time.perf_counter()
     state, _ = train_fn(state, batch)
     jax.block_until_ready(state)
-    compile_seconds = time.perf_counter() - start
-    for _ in range(3):  # warm-up
+    first_step_seconds = time.perf_counter() - start
+    for _ in range(warmup if windows else 0):
         state, _ = train_fn(state, batch)
     speeds = []
     for _ in range(windows):
@@ -61,24 +86,58 @@ def measure(name: str, batch_size: int, windows: int, steps_per_window: int) -> 
     return {
         "model": name,
         "batch_size": batch_size,
-        "compile_seconds": compile_seconds,
-        "images_per_sec_median": statistics.median(speeds),
+        "image_shape": list(shape),
+        "fast_paths": fast_paths.enabled_by_environment(),
+        "first_step_seconds": first_step_seconds,
+        "images_per_sec_median": statistics.median(speeds) if speeds else None,
         "images_per_sec": speeds,
     }
 
 
 def main(argv):
     del argv
+    if _CACHE.value:
+        fast_paths.enable_compilation_cache(_CACHE.value)
     print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}")
-    print(f"{'model':<12} {'batch':>6} {'compile s':>10} {'images/s (median)':>18}  windows")
+    print(f"{'model':<12} {'batch':>6} {'first step s':>13} {'images/s (median)':>18}  windows")
+    results = []
     for name in _MODELS.value:
-        r = measure(name, _BATCH.value, _WINDOWS.value, _STEPS.value)
-        windows = " ".join(f"{s:,.0f}" for s in r["images_per_sec"])
-        print(
-            f"{name:<12} {r['batch_size']:>6} {r['compile_seconds']:>10.2f} "
-            f"{r['images_per_sec_median']:>18,.0f}  {windows}"
+        r = measure(
+            name,
+            _BATCH.value,
+            windows=_WINDOWS.value,
+            steps_per_window=_STEPS.value,
+            warmup=_WARMUP.value,
+            image_size=_IMAGE.value,
+            normalization=_NORM.value,
         )
+        results.append(r)
+        windows = " ".join(f"{s:,.0f}" for s in r["images_per_sec"])
+        median = f"{r['images_per_sec_median']:,.0f}" if r["images_per_sec"] else "-"
+        print(
+            f"{name:<12} {r['batch_size']:>6} {r['first_step_seconds']:>13.2f} {median:>18}  "
+            f"{windows}"
+        )
+    if _JSON.value:
+        with open(_JSON.value, "w") as f:
+            json.dump(results, f, indent=2)
 
 
 if __name__ == "__main__":
+    # Flags only when run as a script: suite.py imports measure() beside flags of its own.
+    _MODELS = flags.DEFINE_list("models", ["lenet5"], "Registered model names.")
+    _BATCH = flags.DEFINE_integer("batch_size", 256, "Images per step.")
+    _IMAGE = flags.DEFINE_integer("image_size", 0, "Image side; 0: the model's (lenet5: 28).")
+    _NORM = flags.DEFINE_string(
+        "normalization", "", "Model normalization; '': the model's default."
+    )
+    _WINDOWS = flags.DEFINE_integer(
+        "windows", 5, "Timed windows (0: compile only); median reported."
+    )
+    _STEPS = flags.DEFINE_integer("steps_per_window", 30, "Steps per timed window.")
+    _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after the first.")
+    _CACHE = flags.DEFINE_string(
+        "compilation_cache_dir", "", "Persistent compilation cache folder."
+    )
+    _JSON = flags.DEFINE_string("json", "", "Also write the results (a list of dicts) here.")
     app.run(main)

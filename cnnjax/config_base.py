@@ -76,6 +76,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.train.compute_dtype = "float32"
     config.train.grad_accum_steps = 1  # micro-batches per step (data.batch_size is the total)
     config.train.ema_decay = 0.0  # > 0: keep an EMA of the weights and evaluate it too
+    # Compiled steps are kept here and reused by later runs of the same program ("" disables).
+    config.train.compilation_cache_dir = "~/.cache/cnnjax/xla"
 
     # Fine-tuning: start from the weights of another run instead of a fresh initialization.
     config.init_from = ml_collections.config_dict.placeholder(str)  # that run's workdir

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cnnjax import fast_paths
 from cnnjax.errors import UserError
 
 Activation = Callable[[jax.Array], jax.Array]
@@ -103,14 +104,16 @@ class Normalization(nn.Module):
 def pool(x: jax.Array, kind: str, window: int, stride: int) -> jax.Array:
     """Spatial pooling of `x` [B, H, W, C] with a square window, 'VALID' padding.
 
-    Non-overlapping windows that tile the input are computed as a reshape and a reduction: XLA:CPU
-    compiles that far better than `reduce_window` (one LeNet-5 step went from 108 ms to 71 ms).
-    The result is identical to `nn.max_pool` / `nn.avg_pool`; only the gradient at exact ties
-    differs (shared among the tied inputs instead of given to one).
+    Non-overlapping windows that tile the input are computed as a reshape and a reduction when
+    fast paths are on (cnnjax/fast_paths.py): XLA:CPU compiles that far better than
+    `reduce_window` (one LeNet-5 step went from 108 ms to 71 ms). The result is identical to
+    `nn.max_pool` / `nn.avg_pool`; only the gradient at exact ties differs (shared among the tied
+    inputs instead of given to one).
     """
     check_choice("pooling", kind, POOLINGS)
     batch, height, width, channels = x.shape
-    if window == stride and height % window == 0 and width % window == 0:
+    tiles_input = window == stride and height % window == 0 and width % window == 0
+    if tiles_input and fast_paths.active():
         tiles = x.reshape(batch, height // window, window, width // window, window, channels)
         return tiles.max(axis=(2, 4)) if kind == "max" else tiles.mean(axis=(2, 4))
     reduce = nn.max_pool if kind == "max" else nn.avg_pool

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 from tqdm import tqdm
 
-from cnnjax import models, parallel
+from cnnjax import fast_paths, models, parallel
 from cnnjax.config_checks import validate_config
 from cnnjax.data.inputs import make_input
 from cnnjax.errors import UserError
@@ -230,6 +230,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     results.json into `workdir`.
     """
     wall_start = time.perf_counter()
+    if config.train.compilation_cache_dir:
+        fast_paths.enable_compilation_cache(config.train.compilation_cache_dir)
     run = Run(config, workdir)
     record = run.restore()  # before writing anything: a wrong workdir must lose nothing
     if not record and config.init_from:  # a new fine-tuning run (a resumed one has its weights)
