@@ -14,9 +14,12 @@
   `train.compilation_cache_dir`): a second run of the same program loads its executables from
   disk instead of compiling them (ResNet-20's gradient: 4.4 s -> 1.1 s).
 
-`CNNJAX_FAST_PATHS=0` in the environment turns the flag and the traced fast paths off (the
-plain paths), which is what benchmarks/suite.py compares against; tests/test_fast_paths.py
-checks that outputs and gradients agree to float32 tolerance.
+- **Decoded-split cache** (cnnjax/data/decoded_cache.py): decoded images kept as .npz beside the
+  prepared TFDS dataset (Fashion-MNIST's training split: 18 s of PNG decoding -> 0.8 s).
+
+`CNNJAX_FAST_PATHS=0` in the environment turns the flag, the traced fast paths and the decoded
+cache off (the plain paths), which is what benchmarks/suite.py compares against;
+tests/test_fast_paths.py and tests/test_decoded_cache.py check that each gives the same results.
 """
 
 from __future__ import annotations

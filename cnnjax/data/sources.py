@@ -14,6 +14,8 @@ import os
 
 import numpy as np
 
+from cnnjax import fast_paths
+from cnnjax.data import decoded_cache
 from cnnjax.errors import UserError
 
 KNOWN_DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100")
@@ -61,7 +63,14 @@ def load_split(
     except NotPrepared:
         _prepare(name, data_dir, source_dir, download)
         source = open_data_source(tfds, name, split, data_dir)
-    return _read_all(source, tfds.builder(name, data_dir=data_dir).info)
+    num_classes = tfds.builder(name, data_dir=data_dir).info.features["label"].num_classes
+    cache = decoded_cache.cache_path(source) if fast_paths.enabled_by_environment() else None
+    cached = decoded_cache.load(cache)
+    if cached is not None:
+        return Split(*cached, num_classes)
+    split = _read_all(source, num_classes)
+    decoded_cache.save(cache, split.images, split.labels)
+    return split
 
 
 class NotPrepared(Exception):
@@ -122,8 +131,7 @@ def prepare_once(name: str, data_dir: str, make_builder) -> None:
             ) from None
 
 
-def _read_all(source, info) -> Split:
-    num_classes = info.features["label"].num_classes
+def _read_all(source, num_classes: int) -> Split:
     images, labels = [], []
     for start in range(0, len(source), READ_CHUNK):
         keys = list(range(start, min(start + READ_CHUNK, len(source))))
