@@ -17,6 +17,7 @@ SMALL = {
     "cifar_convnet": ((32, 32, 3), {}),
     "convnet1d": ((28, 28), {}),
     "dilated_context": ((16, 16, 1), {"features": 8}),
+    "fast_convnet": ((28, 28, 1), {}),
     "googlenet": ((32, 32, 3), {"num_classes": 10}),
     "inception_v3": ((75, 75, 3), {"num_classes": 10}),
     "lenet5": ((28, 28, 1), {}),

@@ -31,6 +31,7 @@ CHECKS = {
     "LeNet5": ("lenet5", {"normalization": "batch", "dropout_rate": 0.5}),
     "CifarResNet": ("resnet20", {"normalization": "batch"}),
     "CifarConvNet": ("cifar_convnet", {}),
+    "FastConvNet": ("fast_convnet", {"normalization": "batch", "dropout_rate": 0.5}),
     "ConvNet1D": ("convnet1d", {}),
     "DilatedContextNet": ("dilated_context", {}),  # per-pixel labels
     "C3D": ("c3d_small", {}),

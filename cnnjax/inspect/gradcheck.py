@@ -49,6 +49,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
+from cnnjax import fast_paths
 from cnnjax.data.inputs import make_input
 from cnnjax.errors import UserError
 from cnnjax.train import steps
@@ -301,7 +302,10 @@ def check_gradients(
     flat = _to_float64(traverse_util.flatten_dict(variables["params"]))  # {(module, name): x}
     if jitter:
         flat = _jittered(flat, jitter, rng)
-    with jax.enable_x64(True):
+    # Traced with the plain pooling: under the YNNPACK dot flag (cnnjax/fast_paths.py), XLA:CPU
+    # compiled a float64 program with reshape pooling into a wrong first-layer kernel gradient
+    # (0.12 off in 0.43, fast_convnet; float32 programs agree exactly with the plain path).
+    with jax.enable_x64(True), fast_paths.use(False):
         loss_of_flat = _float64_loss(
             model,
             variables,
