@@ -1,24 +1,27 @@
-"""Fast paths for XLA:CPU, on by default and switchable, each computing the same function.
+"""Fast paths for XLA:CPU, switchable, each computing the same function as the plain path.
 
-- **YNNPACK dots** (process-wide XLA flag `--xla_cpu_experimental_ynn_fusion_type=
-  LIBRARY_FUSION_TYPE_DOT`): XLA:CPU hands its dots to the YNNPACK library instead of its own
-  emitter, including the convolutions it rewrites into dots, most of the weight gradients among
-  them. Measured on 2 CPU cores: the weight gradient of a 3x3x16->16 convolution on 128x32x32
-  inputs 143 -> 24 ms; LeNet-5 train step (batch 256) 3.3k -> 5.4k images/s; ResNet-20 (batch
-  128) 45 -> 118 images/s. Only added for the jaxlib versions it was tested with (XLA aborts on
-  an unknown flag) and only before the backend starts (flags are read once per process).
+- **YNNPACK dots, opt-in** (`CNNJAX_YNN_DOTS=1`: the process-wide XLA flag
+  `--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT`). Off by default: with it,
+  XLA:CPU computed a float64 gradient wrongly (cnnjax/inspect/gradcheck.py) and ResNet-20 on 8
+  host devices drifted 1.2e-3 in loss from 1 device after 4 steps (1e-6 without it;
+  tests/test_parallel.py), which we could not explain. XLA:CPU then hands its dots to the
+  YNNPACK library instead of its own emitter, including the convolutions it rewrites into dots,
+  most of the weight gradients among them. Measured on 2 CPU cores: the weight gradient of a
+  3x3x16->16 convolution on 128x32x32 inputs 143 -> 24 ms; LeNet-5 train step (batch 256) 3.3k
+  -> 5.4k images/s; ResNet-20 (batch 128) 45 -> 118 images/s. Only added for the jaxlib versions
+  it was tested with (XLA aborts on an unknown flag) and only before the backend starts (flags
+  are read once per process).
 - **Pooling by reshape** (`layers.pool`): non-overlapping windows as a reshape and a reduction
   instead of `reduce_window` (one LeNet-5 step 108 -> 71 ms). Read while tracing, so
   `use(False)` around a trace gives the plain form in the same process.
 - **Persistent compilation cache** (`enable_compilation_cache`, set by `cnnjax train` from
   `train.compilation_cache_dir`): a second run of the same program loads its executables from
   disk instead of compiling them (ResNet-20's gradient: 4.4 s -> 1.1 s).
-
 - **Decoded-split cache** (cnnjax/data/decoded_cache.py): decoded images kept as .npz beside the
   prepared TFDS dataset (Fashion-MNIST's training split: 18 s of PNG decoding -> 0.8 s).
 
-`CNNJAX_FAST_PATHS=0` in the environment turns the flag, the traced fast paths and the decoded
-cache off (the plain paths), which is what benchmarks/suite.py compares against;
+`CNNJAX_FAST_PATHS=0` in the environment turns the traced fast paths, the decoded cache (and the
+opt-in flag) off (the plain paths), which is what benchmarks/suite.py compares against;
 tests/test_fast_paths.py and tests/test_decoded_cache.py check that each gives the same results.
 """
 
@@ -32,6 +35,7 @@ import sys
 from collections.abc import Iterator
 
 ENV_VARIABLE = "CNNJAX_FAST_PATHS"
+YNN_ENV_VARIABLE = "CNNJAX_YNN_DOTS"  # opt-in: see the module docstring
 YNN_DOT_FLAG = "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT"
 # jaxlib releases whose XLA knows the flag (checked by tests/test_fast_paths.py): an XLA that
 # does not know a flag aborts the process, so newer releases run without it until tested.
@@ -82,7 +86,7 @@ def _backend_started() -> bool:
 def add_xla_flags() -> bool:
     """Adds the YNNPACK dot flag to XLA_FLAGS; True when it is (now or already) there.
 
-    Does nothing when fast paths are off, when the user already chose a
+    Does nothing unless CNNJAX_YNN_DOTS=1, when fast paths are off, when the user already chose a
     `xla_cpu_experimental_ynn_fusion_type`, for untested jaxlib versions, or once the backend
     has started (too late for flags to take effect).
     """
@@ -90,7 +94,8 @@ def add_xla_flags() -> bool:
     if YNN_DOT_FLAG in flags.split():
         return True
     if (
-        not enabled_by_environment()
+        os.environ.get(YNN_ENV_VARIABLE, "0").strip() != "1"
+        or not enabled_by_environment()
         or "xla_cpu_experimental_ynn_fusion_type" in flags
         or not _jaxlib_version().startswith(_FLAG_TESTED_JAXLIB)
         or _backend_started()

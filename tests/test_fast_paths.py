@@ -41,6 +41,7 @@ print(json.dumps(out))
 
 def _run_child(fast: bool) -> dict:
     env = {**os.environ, fast_paths.ENV_VARIABLE: "1" if fast else "0"}
+    env[fast_paths.YNN_ENV_VARIABLE] = "1"  # the opt-in flag, added only when fast paths are on
     env.pop("XLA_FLAGS", None)
     done = subprocess.run(
         [sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True, check=True
@@ -121,6 +122,7 @@ def test_environment_switch_and_user_flags(monkeypatch):
     assert fast_paths.active()
     # A user's own choice of the flag is kept; after the backend started nothing is added.
     user_choice = "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_ELTWISE"
+    monkeypatch.setenv(fast_paths.YNN_ENV_VARIABLE, "1")
     monkeypatch.setenv("XLA_FLAGS", user_choice)
     assert not fast_paths.add_xla_flags()
     assert os.environ["XLA_FLAGS"] == user_choice
