@@ -113,10 +113,10 @@ def _measure_model(model: str, windows: int, with_torch: bool) -> dict:
     row = {"model": model}
     row["jax_plain"] = _run_child("jax", model, windows, {"CNNJAX_FAST_PATHS": "0"})
     row["jax_fast"] = _run_child("jax", model, windows, {"CNNJAX_FAST_PATHS": "1"})
-    cache = tempfile.mkdtemp(prefix="cnnjax_suite_cache_")
-    cached = {"CNNJAX_FAST_PATHS": "1", "CNNJAX_SUITE_CACHE": cache}
-    _run_child("jax_cached", model, 0, cached)  # fills the cache
-    row["jax_fast_cached_compile"] = _run_child("jax_cached", model, 0, cached)
+    with tempfile.TemporaryDirectory(prefix="cnnjax_suite_cache_") as cache:
+        cached = {"CNNJAX_FAST_PATHS": "1", "CNNJAX_SUITE_CACHE": cache}
+        _run_child("jax_cached", model, 0, cached)  # fills the cache
+        row["jax_fast_cached_compile"] = _run_child("jax_cached", model, 0, cached)
     if with_torch:
         row["torch"] = _run_child("torch", model, windows)
     speed = {

@@ -9,21 +9,13 @@ import pytest
 from conftest import ROOT, run_cnnjax
 
 from cnnjax.models.inventory import param_count
+from cnnjax.sweep.plan import load_config_file
 
 FAST_RECIPE = os.path.join(ROOT, "configs", "fashion_mnist_fast.py")
 
 
-def _config(arg=None):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("fashion_mnist_fast", FAST_RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
-
-
 def test_recipe_network_size():
-    config = _config()
+    config = load_config_file(FAST_RECIPE)
     options = dict(
         activation=config.model.activation,
         normalization=config.model.normalization,
