@@ -1,14 +1,15 @@
 """Fast paths for XLA:CPU, switchable, each computing the same function as the plain path.
 
-- **YNNPACK dots, opt-in** (`CNNJAX_YNN_DOTS=1`: the process-wide XLA flag
-  `--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT`). Off by default: with it,
-  XLA:CPU computed a float64 gradient wrongly (cnnjax/inspect/gradcheck.py) and ResNet-20 on 8
-  host devices drifted 1.2e-3 in loss from 1 device after 4 steps (1e-6 without it;
-  tests/test_parallel.py), which we could not explain. XLA:CPU then hands its dots to the
-  YNNPACK library instead of its own emitter, including the convolutions it rewrites into dots,
-  most of the weight gradients among them. Measured on 2 CPU cores: the weight gradient of a
-  3x3x16->16 convolution on 128x32x32 inputs 143 -> 24 ms; LeNet-5 train step (batch 256) 3.3k
-  -> 5.4k images/s; ResNet-20 (batch 128) 45 -> 118 images/s. Only added for the jaxlib versions
+- **YNNPACK dots and reductions** (the process-wide XLA flag
+  `--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE`;
+  `CNNJAX_YNN=0` leaves XLA's own choice). XLA:CPU then hands dot fusions, including the
+  convolutions it rewrites into dots (most weight gradients), and reductions to the YNNPACK
+  library (jaxlib 0.10's own default hands it single dots, convolutions and reductions).
+  Measured on 2 CPU cores (AVX-512), images/s of one train step: LeNet-5 (batch 256) 11.6k ->
+  17.5k, ResNet-20 (batch 128) 319 -> 442. Reductions stay with YNNPACK for accuracy: with dots
+  alone (`LIBRARY_FUSION_TYPE_DOT`, the flag of an earlier cnnjax) batch norm's statistics fell
+  back to XLA's own loops, whose float32 sums moved ResNet-20's gradient (tanh, 16x16) 1.9e-5
+  from float64 instead of 8.6e-6 (7.8e-6 without the flag). Only added for the jaxlib versions
   it was tested with (XLA aborts on an unknown flag) and only before the backend starts (flags
   are read once per process).
 - **Pooling by reshape** (`layers.pool`): non-overlapping windows as a reshape and a reduction
@@ -20,8 +21,8 @@
 - **Decoded-split cache** (cnnjax/data/decoded_cache.py): decoded images kept as .npz beside the
   prepared TFDS dataset (Fashion-MNIST's training split: 18 s of PNG decoding -> 0.8 s).
 
-`CNNJAX_FAST_PATHS=0` in the environment turns the traced fast paths, the decoded cache (and the
-opt-in flag) off (the plain paths), which is what benchmarks/suite.py compares against;
+`CNNJAX_FAST_PATHS=0` in the environment turns the traced fast paths, the decoded cache and the
+YNNPACK flag off (the plain paths), which is what benchmarks/suite.py compares against;
 tests/test_fast_paths.py and tests/test_decoded_cache.py check that each gives the same results.
 """
 
@@ -35,8 +36,10 @@ import sys
 from collections.abc import Iterator
 
 ENV_VARIABLE = "CNNJAX_FAST_PATHS"
-YNN_ENV_VARIABLE = "CNNJAX_YNN_DOTS"  # opt-in: see the module docstring
-YNN_DOT_FLAG = "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT"
+YNN_ENV_VARIABLE = "CNNJAX_YNN"  # 0: leave XLA's own choice of what YNNPACK computes
+YNN_FLAG = (
+    "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+)
 # jaxlib releases whose XLA knows the flag (checked by tests/test_fast_paths.py): an XLA that
 # does not know a flag aborts the process, so newer releases run without it until tested.
 _FLAG_TESTED_JAXLIB = ("0.10.",)
@@ -47,9 +50,13 @@ _TRACE_OVERRIDE: contextvars.ContextVar[bool | None] = contextvars.ContextVar(
 )
 
 
+def _is_off(value: str) -> bool:
+    return value.strip().lower() in ("0", "false", "off", "no")
+
+
 def enabled_by_environment() -> bool:
     """False when `CNNJAX_FAST_PATHS` is 0 / false / off, else True."""
-    return os.environ.get(ENV_VARIABLE, "1").strip().lower() not in ("0", "false", "off", "no")
+    return not _is_off(os.environ.get(ENV_VARIABLE, "1"))
 
 
 def active() -> bool:
@@ -84,24 +91,24 @@ def _backend_started() -> bool:
 
 
 def add_xla_flags() -> bool:
-    """Adds the YNNPACK dot flag to XLA_FLAGS; True when it is (now or already) there.
+    """Adds the YNNPACK flag to XLA_FLAGS; True when it is (now or already) there.
 
-    Does nothing unless CNNJAX_YNN_DOTS=1, when fast paths are off, when the user already chose a
+    Does nothing when CNNJAX_YNN=0, when fast paths are off, when the user already chose a
     `xla_cpu_experimental_ynn_fusion_type`, for untested jaxlib versions, or once the backend
     has started (too late for flags to take effect).
     """
     flags = os.environ.get("XLA_FLAGS", "")
-    if YNN_DOT_FLAG in flags.split():
+    if YNN_FLAG in flags.split():
         return True
     if (
-        os.environ.get(YNN_ENV_VARIABLE, "0").strip() != "1"
+        _is_off(os.environ.get(YNN_ENV_VARIABLE, "1"))
         or not enabled_by_environment()
         or "xla_cpu_experimental_ynn_fusion_type" in flags
         or not _jaxlib_version().startswith(_FLAG_TESTED_JAXLIB)
         or _backend_started()
     ):
         return False
-    os.environ["XLA_FLAGS"] = f"{flags} {YNN_DOT_FLAG}".strip()
+    os.environ["XLA_FLAGS"] = f"{flags} {YNN_FLAG}".strip()
     return True
 
 

@@ -99,6 +99,23 @@ def test_group_norm_uses_a_divisor_of_narrow_channel_counts():
     np.testing.assert_allclose(y.mean(axis=(1, 2)), 0, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["group", "instance"])
+def test_group_norm_gradient_stays_float32_accurate_for_offset_inputs(kind):
+    """Channels whose mean is 100x their spread: mean(x^2) - mean^2 would cancel in float32."""
+    x = 100.0 + np.random.default_rng(0).normal(size=(2, 4, 4, 8))
+    target = np.random.default_rng(1).normal(size=x.shape)
+    layer = Normalization(kind, num_groups=4)
+    variables = layer.init(jax.random.key(0), x.astype(np.float32), train=True)
+
+    def loss(inputs):
+        return (layer.apply(variables, inputs, train=True) * target.astype(inputs.dtype)).sum()
+
+    gradient = np.asarray(jax.grad(loss)(x.astype(np.float32)))
+    with jax.enable_x64(True):
+        reference = np.asarray(jax.grad(loss)(x))
+    assert np.abs(gradient - reference).max() < 1e-4 * np.abs(reference).max()
+
+
 def test_unknown_model_lists_the_known_ones():
     with pytest.raises(UserError, match=r"unknown model 'lenet7': choose one of .*lenet5"):
         models.create("lenet7")

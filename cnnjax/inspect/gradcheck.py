@@ -302,9 +302,10 @@ def check_gradients(
     flat = _to_float64(traverse_util.flatten_dict(variables["params"]))  # {(module, name): x}
     if jitter:
         flat = _jittered(flat, jitter, rng)
-    # Traced with the plain pooling: under the YNNPACK dot flag (cnnjax/fast_paths.py), XLA:CPU
+    # Traced with the plain pooling, the reference form (tests/test_fast_paths.py checks the fast
+    # one against it): with YNNPACK given dots alone (an earlier cnnjax's XLA flag), XLA:CPU
     # compiled a float64 program with reshape pooling into a wrong first-layer kernel gradient
-    # (0.12 off in 0.43, fast_convnet; float32 programs agree exactly with the plain path).
+    # (0.12 off in 0.43, fast_convnet); with dots and reductions (cnnjax/fast_paths.py) it does not.
     with jax.enable_x64(True), fast_paths.use(False):
         loss_of_flat = _float64_loss(
             model,

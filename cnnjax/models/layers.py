@@ -30,6 +30,10 @@ ACTIVATIONS: dict[str, Activation] = {
 }
 
 NORMALIZATIONS = ("none", "batch", "layer", "instance", "group")
+# Variance as mean((x - mean)^2), not Flax's default mean(x^2) - mean^2, which cancels in float32
+# when a group's mean is large next to its spread (ResNet-20 with group norm on 16x16 inputs:
+# gradient 0.7% from float64 -> 1.4e-6), for one more pass over the activations.
+_GROUP_NORM_OPTIONS = {"epsilon": 1e-5, "use_fast_variance": False}
 POOLINGS = ("max", "average")
 
 
@@ -96,9 +100,9 @@ class Normalization(nn.Module):
         if self.kind == "instance":
             if x.ndim == 2:
                 return x
-            return nn.GroupNorm(num_groups=None, group_size=1, epsilon=1e-5)(x)
+            return nn.GroupNorm(num_groups=None, group_size=1, **_GROUP_NORM_OPTIONS)(x)
         groups = max(g for g in range(1, min(self.num_groups, channels) + 1) if channels % g == 0)
-        return nn.GroupNorm(num_groups=groups, epsilon=1e-5)(x)
+        return nn.GroupNorm(num_groups=groups, **_GROUP_NORM_OPTIONS)(x)
 
 
 def pool(x: jax.Array, kind: str, window: int, stride: int) -> jax.Array:
