@@ -32,6 +32,7 @@ import jax
 import numpy as np
 from jax.extend import core
 
+from cnnjax import fast_paths
 from cnnjax.inspect import field_grid as grid
 from cnnjax.inspect.field_grid import AxisField, Fields
 
@@ -374,5 +375,6 @@ def trace_fields(
 def receptive_field(fn: Callable[[jax.Array], jax.Array], input_shape: Sequence[int]) -> Fields:
     """The field of `fn`'s output for an input of `input_shape` [B, *spatial, C] (traced only)."""
     x = jax.ShapeDtypeStruct(tuple(input_shape), np.float32)
-    closed = jax.make_jaxpr(fn)(x)
+    with fast_paths.use(False):  # the model's own operations, not their faster forms
+        closed = jax.make_jaxpr(fn)(x)
     return trace_fields(closed, range(1, len(input_shape) - 1))[1][0]

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from cnnjax import fast_paths
 from cnnjax.errors import UserError
+from cnnjax.models import conv_lowering
 
 Activation = Callable[[jax.Array], jax.Array]
 
@@ -155,6 +156,8 @@ class ConvBlock(nn.Module):
             padding=padding,
             kernel_dilation=(self.dilation,) * spatial,
             use_bias=self.normalization == "none",
+            # Few input channels: a space-to-depth forward pass (cnnjax/models/conv_lowering.py).
+            conv_general_dilated=conv_lowering.convolution if fast_paths.active() else None,
         )(x)
         x = Normalization(self.normalization)(x, train=train)
         return get_activation(self.activation)(x)
