@@ -11,8 +11,9 @@ on XLA:CPU, layers at 28x28 with few channels cost far more per multiply-accumul
 Measured (JAX 0.10.2, 2 AMD EPYC cores with AVX-512, nothing else running, 2026-11-29, the
 default fast paths): test accuracy 0.9310 in each of 3 runs (training is deterministic on one
 machine), wall time of the whole command 155, 152 and 147 s, median 152 s (training 151, 149,
-143 s; about 6.7k images/s); the first run also decoded the test split into the decoded
-cache (the training split was there already) and filled the compilation cache. On 2026-11-25, on other 2 cores with an earlier flag set, 0.9327.
+143 s; about 6.7k images/s); the first run also decoded the test split into the decoded cache
+(the training split was there already) and filled the compilation cache. On 2026-11-25, on
+other 2 cores with an earlier flag set, 0.9327.
 Runs while tuning (12 epochs, 2 CPU cores shared with other work): dropout 0.3 0.9284, dropout
 0.1 0.9293, two 32-wide convs in the first stage 0.9270 (without crops); 8 epochs 0.921.
 Anchors: TensorFlow tutorial's 2-conv net 0.916; the default LeNet-5 recipe 0.9104.
