@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from jax import lax
 
+from cnnjax import fast_paths, models
 from cnnjax.models import conv_lowering
 
 NHWC = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
@@ -80,3 +81,19 @@ def test_the_rule_takes_lenet5_and_the_stem_and_leaves_wide_layers():
     assert not conv_lowering._blocks_pay(3, 3, 16, 16) and not conv_lowering._blocks_pay(
         3, 3, 8, 16
     )
+
+
+def test_conv_block_takes_the_block_form_only_while_fast_paths_are_on():
+    """The wiring: LeNet-5's first layer (5x5, 1 -> 6) becomes a 3x3 convolution of 4 -> 24
+    channels inside a custom VJP; with fast paths off the model traces lax's convolution."""
+    model = models.create("lenet5")
+    x = jnp.zeros((2, 28, 28, 1), jnp.float32)
+    variables = model.init(jax.random.key(0), x, train=False)
+
+    def traced(fast: bool) -> str:
+        with fast_paths.use(fast):
+            return str(jax.make_jaxpr(lambda v: model.apply(v, x, train=False))(variables))
+
+    fast, plain = traced(True), traced(False)
+    assert "custom_vjp_call" in fast and "f32[3,3,4,24]" in fast
+    assert "custom_vjp_call" not in plain and "f32[3,3,4,24]" not in plain

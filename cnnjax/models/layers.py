@@ -156,7 +156,7 @@ class ConvBlock(nn.Module):
             padding=padding,
             kernel_dilation=(self.dilation,) * spatial,
             use_bias=self.normalization == "none",
-            # Few input channels: a space-to-depth forward pass (cnnjax/models/conv_lowering.py).
+            # Few channels: forward and input gradient over 2x2 pixel blocks (conv_lowering).
             conv_general_dilated=conv_lowering.convolution if fast_paths.active() else None,
         )(x)
         x = Normalization(self.normalization)(x, train=train)
