@@ -17,15 +17,17 @@ print one line on stderr and exit with status 2; nothing in the workdir is delet
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import logging as logging_levels
 import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cnnjax.errors import UserError
+from cnnjax.errors import EXIT_USER_ERROR, TrainingInterrupted, UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Recipe file, e.g. configs/lenet5_fashion_mnist.py or file.py:arg=value."
@@ -40,6 +42,12 @@ _DISTRIBUTED = flags.DEFINE_bool(
     "train: one run over several processes/hosts (CNNJAX_COORDINATOR_ADDRESS, "
     "CNNJAX_NUM_PROCESSES, CNNJAX_PROCESS_ID, or SLURM / Cloud TPU detected by JAX).",
 )
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change",
+    False,
+    "train: resume a run with a config that changes the math (the old config is kept in "
+    "config_history/); without it such a resume is refused.",
+)
 _WORKERS = flags.DEFINE_integer(
     "workers", 1, "sweep: runs at once on this machine, each pinned to its share of the cores."
 )
@@ -52,6 +60,11 @@ _SLURM_GPUS = flags.DEFINE_integer("slurm_gpus_per_task", 0, "sweep on SLURM: GP
 _SLURM_MEM = flags.DEFINE_string("slurm_mem", "", "sweep on SLURM: memory per run, e.g. 16G.")
 _SLURM_MAX_PARALLEL = flags.DEFINE_integer(
     "slurm_max_parallel", 0, "sweep on SLURM: array tasks at once (0: no limit)."
+)
+_SLURM_SIGNAL_SECONDS = flags.DEFINE_integer(
+    "slurm_signal_seconds",
+    120,
+    "sweep on SLURM: SIGTERM this long before the time limit; the run saves and is requeued.",
 )
 _SLURM_SETUP = flags.DEFINE_string(
     "slurm_setup", "", "sweep on SLURM: shell line each task runs first (module load ...)."
@@ -75,18 +88,31 @@ USAGE = (
 )
 
 
-def _fail(command: str, message: str) -> None:
+def _fail(command: str, message: str, status: int = EXIT_USER_ERROR) -> None:
     print(f"cnnjax {command}: error: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(status)
 
 
 def _parse_flags(argv: list[str], command: str) -> list[str]:
     """absl's parser, but a bad flag or override is one line, not a usage dump."""
+    import types
+
+    from ml_collections import ConfigDict
+
     try:
-        return flags.FLAGS(argv)
+        remaining = flags.FLAGS(argv)
     except UserError as error:
         _fail(command, str(error))
     except (KeyError, AttributeError, flags.UnrecognizedFlagError) as error:
+        module = getattr(error, "obj", None)
+        if getattr(error, "name", None) == "get_config" and isinstance(module, types.ModuleType):
+            # ml_collections calls module.get_config() without checking that the file has one.
+            _fail(
+                command,
+                f"{module.__file__} defines no get_config(): a recipe file defines "
+                "get_config(arg=None) returning an ml_collections.ConfigDict "
+                "(see configs/lenet5_fashion_mnist.py)",
+            )
         _fail(
             command,
             f"unknown flag or config key ({_first_line(error)}): check the key against "
@@ -99,7 +125,21 @@ def _parse_flags(argv: list[str], command: str) -> list[str]:
         _fail(command, f"{_first_line(error)} (check the flag's value; --helpfull lists flags)")
     except Exception as error:  # noqa: BLE001 (anything raised while running get_config)
         _fail(command, f"cannot load --config ({type(error).__name__}: {_first_line(error)})")
-    return []
+    config_flag = flags.FLAGS["config"]
+    value = config_flag.value
+    # ml_collections keeps whatever get_config() returned (it only logs a warning for None).
+    if config_flag.present and not isinstance(value, ConfigDict):
+        try:
+            getattr(value, "keys", None)
+        except OSError:  # a file that could not be read: reported by _config when first used
+            return remaining
+        path = config_flags.get_config_filename(config_flag).split(":", 1)[0]
+        _fail(
+            command,
+            f"cannot load --config {path}: get_config() returned {type(value).__name__}, "
+            "not an ml_collections.ConfigDict",
+        )
+    return remaining
 
 
 def _first_line(error: BaseException) -> str:
@@ -123,16 +163,29 @@ def _train(argv: list[str]) -> None:
     if _CONFIG.value is None or not _WORKDIR.value:
         _fail("train", "--config=FILE and --workdir=DIR are both required")
     config = _config()
+    workdir = os.path.abspath(_WORKDIR.value)
+    from cnnjax.train import workdir as workdirs
+
+    created = not os.path.exists(workdir)
     if _DISTRIBUTED.value:  # before anything touches a device
         from cnnjax.parallel import distributed
 
         distributed.initialize()
-    from cnnjax.train import (
-        train_and_evaluate,  # heavy imports only for the command that needs them
-    )
+        lock = contextlib.nullcontext()  # the first process takes it in train_and_evaluate
+    else:
+        workdirs.make_workdir(workdir)
+        lock = workdirs.hold(workdir)  # before the heavy imports: a second run stops at once
+    try:
+        with lock:
+            from cnnjax.train import train_and_evaluate  # heavy imports only for this command
 
-    workdir = os.path.abspath(_WORKDIR.value)
-    results = train_and_evaluate(config, workdir)
+            results = train_and_evaluate(
+                config, workdir, allow_config_change=_ALLOW_CONFIG_CHANGE.value
+            )
+    finally:
+        if created and os.path.isdir(workdir) and not os.listdir(workdir):
+            with contextlib.suppress(OSError):  # refused before writing: leave no empty folder
+                os.rmdir(workdir)
     import jax
 
     if jax.process_index() != 0:  # the first process reports for all of them
@@ -166,6 +219,7 @@ def _sweep(argv: list[str]) -> None:
         mem=_SLURM_MEM.value,
         max_parallel=_SLURM_MAX_PARALLEL.value,
         setup=_SLURM_SETUP.value,
+        signal_seconds=_SLURM_SIGNAL_SECONDS.value,
     )
     sys.exit(
         command.sweep(
@@ -280,16 +334,52 @@ COMMANDS = {
 }
 
 
-def _main(argv: list[str], command: str) -> None:
-    if not flags.FLAGS["verbosity"].present:
-        # Orbax and TFDS log every step of their work at INFO; --verbosity=0 shows it.
-        logging.set_verbosity(logging.WARNING)
+def _is_closed_loop(value) -> bool:
+    """After a failed asynchronous save, tensorstore's pending writes call back into Orbax's
+    closed event loop, and each prints this error from a native thread (as an unraisable
+    exception); the failure itself is already reported in one line."""
+    return isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
+
+
+def _quiet_closed_loop(default_hook, kind, value, traceback) -> None:
+    if not _is_closed_loop(value):
+        default_hook(kind, value, traceback)
+
+
+def _quiet_closed_loop_unraisable(default_hook, unraisable) -> None:
+    if not _is_closed_loop(unraisable.exc_value):
+        default_hook(unraisable)
+
+
+def _quiet_library_output() -> None:
+    """Keeps a command's stderr to its own lines; `--verbosity=0` shows everything."""
+    if flags.FLAGS["verbosity"].present:
+        return
+    # Orbax and TFDS log every step of their work at INFO.
+    logging.set_verbosity(logging.WARNING)
+    absl_logger = logging.get_absl_logger()
     # TFDS suggests OpenCV at every read; Pillow decodes these small images fast enough.
-    logging.get_absl_logger().addFilter(lambda r: "OpenCV is not installed" not in r.getMessage())
+    absl_logger.addFilter(lambda r: "OpenCV is not installed" not in r.getMessage())
+    # Orbax warns at each checkpoint saved between evaluations, which carry no metric by design.
+    absl_logger.addFilter(lambda r: "did not provide metrics" not in r.getMessage())
+    # A failed save (a full disk) makes Orbax's threads log the error with its traceback, once
+    # per thread, and its asyncio tasks end with "exception was never retrieved"; the exception
+    # reaches cnnjax, which reports it in one line.
+    absl_logger.addFilter(lambda r: r.levelno < logging_levels.ERROR or "/orbax/" not in r.pathname)
+    logging_levels.getLogger("asyncio").setLevel(logging_levels.CRITICAL)
+    sys.excepthook = functools.partial(_quiet_closed_loop, sys.excepthook)
+    sys.unraisablehook = functools.partial(_quiet_closed_loop_unraisable, sys.unraisablehook)
+
+
+def _main(argv: list[str], command: str) -> None:
+    _quiet_library_output()
     try:
         COMMANDS[command](argv)
-    except UserError as error:
-        _fail(command, str(error))
+    except TrainingInterrupted as error:  # not a failure: the step is saved, rerun resumes
+        print(f"cnnjax {command}: {error}", file=sys.stderr)
+        sys.exit(error.exit_status)
+    except UserError as error:  # and TrainingDiverged (exit status 3)
+        _fail(command, str(error), error.exit_status)
 
 
 def run() -> None:

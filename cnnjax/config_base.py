@@ -61,6 +61,11 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.optimizer.warmup_epochs = 0.0
     config.optimizer.decay_epochs = (30, 60, 80)  # step schedule: boundaries in epochs
     config.optimizer.decay_factor = 0.1  # step schedule: factor at each boundary
+    # A step schedule whose factor is > 1 raises the learning rate at each boundary, which is
+    # almost always a typo (10 for 0.1): refused unless asked for (e.g. to provoke a divergence).
+    config.optimizer.allow_lr_increase = False
+    # A decay_factor > 1 raises the learning rate at each boundary: refused unless asked for.
+    config.optimizer.allow_lr_increase = False
     config.optimizer.grad_clip_norm = 0.0  # 0 disables clipping by global norm
     config.optimizer.label_smoothing = 0.0
 
@@ -174,3 +179,14 @@ def use_fashion_mnist_task(
     config.optimizer.schedule = "cosine"
     config.train.log_every_steps = 20
     return config
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}, "c.d": 2} -> {"a.b": 1, "c.d": 2}."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

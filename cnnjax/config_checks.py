@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 
 from cnnjax import models
@@ -13,10 +15,65 @@ COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 PARALLEL_STEPS = ("jit", "shard_map")
 
 
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(value)
+    except (TypeError, OverflowError):  # None, a string, an int beyond the float range
+        return False
+
+
 def _positive(value, key: str, *, allow_zero: bool = False) -> None:
-    if value is None or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
+    # NaN compares false with everything, so a plain `value < 0` would let it through.
+    bound = ">= 0" if allow_zero else "> 0"
+    if not _finite(value):
+        raise UserError(
+            f"config.{key} must be a finite number {bound} (got {value}): set --config.{key}=..."
+        )
+    if value < 0 or (value == 0 and not allow_zero):
         raise UserError(f"config.{key} must be {bound} (got {value}): set --config.{key}=...")
+
+
+def _fraction(value, key: str) -> None:
+    """A probability-like setting: in [0, 1), which NaN and inf never are."""
+    if not (_finite(value) and 0.0 <= value < 1.0):
+        raise UserError(f"config.{key} must be in [0, 1) (got {value}): set --config.{key}=...")
+
+
+def _check_optimizer(config: ml_collections.ConfigDict) -> None:
+    optimizer = config.optimizer
+    check_choice("optimizer", optimizer.name, OPTIMIZERS)
+    check_choice("schedule", optimizer.schedule, SCHEDULES)
+    _positive(optimizer.learning_rate, "optimizer.learning_rate")
+    _fraction(optimizer.momentum, "optimizer.momentum")
+    _positive(optimizer.weight_decay, "optimizer.weight_decay", allow_zero=True)
+    _positive(optimizer.grad_clip_norm, "optimizer.grad_clip_norm", allow_zero=True)
+    _fraction(optimizer.label_smoothing, "optimizer.label_smoothing")
+    _positive(optimizer.warmup_epochs, "optimizer.warmup_epochs", allow_zero=True)
+    epochs = config.train.epochs
+    # With train.steps set, the run's length in epochs is only known once the data is loaded.
+    if config.train.steps is None and optimizer.warmup_epochs > epochs:
+        raise UserError(
+            f"config.optimizer.warmup_epochs={optimizer.warmup_epochs} is longer than the run "
+            f"(config.train.epochs={epochs}, train.steps unset), so the learning rate never "
+            f"reaches its peak: set --config.optimizer.warmup_epochs=... to at most {epochs}"
+        )
+    for epoch in optimizer.decay_epochs:
+        if not (_finite(epoch) and epoch >= 0):
+            raise UserError(
+                f"config.optimizer.decay_epochs entries must be finite numbers >= 0 (got "
+                f"{optimizer.decay_epochs}): set --config.optimizer.decay_epochs='(30, 60)'"
+            )
+    _positive(optimizer.decay_factor, "optimizer.decay_factor")
+    if (
+        optimizer.schedule == "step"
+        and optimizer.decay_factor > 1
+        and not optimizer.allow_lr_increase
+    ):
+        raise UserError(
+            f"config.optimizer.decay_factor={optimizer.decay_factor} > 1 raises the learning "
+            "rate at each of optimizer.decay_epochs: set --config.optimizer.decay_factor=... "
+            "to at most 1, or --config.optimizer.allow_lr_increase=True if that is meant"
+        )
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -28,10 +85,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     models.registry.get_spec(config.model.name)
     get_activation(config.model.activation)
     check_choice("normalization", config.model.normalization, NORMALIZATIONS)
-    if not 0.0 <= config.model.dropout_rate < 1.0:
-        raise UserError(
-            f"config.model.dropout_rate must be in [0, 1) (got {config.model.dropout_rate})"
-        )
+    _fraction(config.model.dropout_rate, "model.dropout_rate")
     known = KNOWN_DATASETS + STREAMING_DATASETS
     if config.data.name not in known:
         raise UserError(f"unknown dataset {config.data.name!r}: choose one of {', '.join(known)}")
@@ -60,16 +114,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _positive(
         config.data.augment.random_crop_padding, "data.augment.random_crop_padding", allow_zero=True
     )
-    check_choice("optimizer", config.optimizer.name, OPTIMIZERS)
-    check_choice("schedule", config.optimizer.schedule, SCHEDULES)
-    _positive(config.optimizer.learning_rate, "optimizer.learning_rate")
-    _positive(config.optimizer.weight_decay, "optimizer.weight_decay", allow_zero=True)
-    _positive(config.optimizer.warmup_epochs, "optimizer.warmup_epochs", allow_zero=True)
-    if not 0.0 <= config.optimizer.label_smoothing < 1.0:
-        raise UserError("config.optimizer.label_smoothing must be in [0, 1)")
     _positive(config.train.epochs, "train.epochs")
     if config.train.steps is not None:
         _positive(config.train.steps, "train.steps")
+    _check_optimizer(config)
     _positive(config.train.log_every_steps, "train.log_every_steps")
     _positive(config.train.eval_every_epochs, "train.eval_every_epochs")
     _positive(config.train.checkpoint_every_steps, "train.checkpoint_every_steps")
@@ -81,8 +129,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             f"config.data.batch_size={config.data.batch_size} does not split into "
             f"train.grad_accum_steps={config.train.grad_accum_steps} equal micro-batches"
         )
-    if not 0.0 <= config.train.ema_decay < 1.0:
-        raise UserError(f"config.train.ema_decay must be in [0, 1) (got {config.train.ema_decay})")
+    _fraction(config.train.ema_decay, "train.ema_decay")
     examples_per_class = config.data.train_examples_per_class
     _positive(examples_per_class, "data.train_examples_per_class", allow_zero=True)
     if config.data.name in STREAMING_DATASETS and (config.data.classes or examples_per_class):

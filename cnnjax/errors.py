@@ -1,4 +1,18 @@
-"""The one exception type that the command line turns into a one-line message."""
+"""The exceptions that the command line turns into one line, and the exit statuses it uses.
+
+Exit statuses of `cnnjax train` (documented in the README):
+
+    0    finished: results.json written
+    2    a problem with the input the user can fix (UserError): nothing in the workdir changed
+    3    training diverged (TrainingDiverged): a non-finite loss or gradient norm; nothing after
+         the last good checkpoint was saved
+    130  interrupted by SIGINT (Ctrl-C), 143 by SIGTERM (TrainingInterrupted): the current step
+         was saved; rerunning the same command resumes it (128 + the signal's number, the
+         shell's convention for "ended by a signal")
+"""
+
+EXIT_USER_ERROR = 2
+EXIT_DIVERGED = 3
 
 
 class UserError(Exception):
@@ -7,3 +21,25 @@ class UserError(Exception):
     The message is a single line that names the problem and the fix; the command line prints it
     without a traceback and exits non-zero.
     """
+
+    exit_status = EXIT_USER_ERROR
+
+
+class TrainingDiverged(UserError):
+    """The loss or the gradient norm became non-finite; the message names the step and the last
+    good checkpoint."""
+
+    exit_status = EXIT_DIVERGED
+
+
+class TrainingInterrupted(UserError):
+    """A SIGTERM or SIGINT stopped training after saving the current step."""
+
+    def __init__(self, message: str, *, signal_number: int, step: int):
+        super().__init__(message)
+        self.signal_number = signal_number
+        self.step = step
+
+    @property
+    def exit_status(self) -> int:  # type: ignore[override]
+        return 128 + self.signal_number

@@ -291,6 +291,7 @@ def slurm_script(
     setup: str = "",
     python: str = sys.executable,
     chdir: str = "",
+    signal_seconds: int = 120,
 ) -> str:
     """The sbatch script of one run over `nodes` x `gpus_per_node` processes, one per GPU.
 
@@ -300,10 +301,16 @@ def slurm_script(
     one fails (they would wait for it in a collective); a requeued job resumes from the run's last
     checkpoint. The log is `log_dir/JOBNAME_JOBID.out`, appended across requeues; `chdir` (the
     job's working directory, default: where sbatch runs) anchors relative paths in TRAIN_ARGS.
+
+    `signal_seconds` before the time limit every task gets SIGTERM (`--signal=TERM@N`, no `B:`:
+    the job step's tasks, not the batch shell); the processes agree on a step at JAX's preemption
+    sync point, save it and exit 143, and the script then requeues the job, which resumes the run.
     """
     _at_least(nodes, 1, "nodes")
     _at_least(gpus_per_node, 1, "gpus_per_node", ": the job runs one process per GPU")
     _at_least(cpus_per_task, 1, "cpus_per_task")
+    if not 1 <= signal_seconds <= 65535:  # SLURM's range for --signal's time
+        raise UserError(f"--signal_seconds must be 1 to 65535 (got {signal_seconds})")
     for flag, path in (("log_dir", log_dir), ("chdir", chdir)):
         if any(c.isspace() for c in path):  # #SBATCH lines are split at whitespace
             raise UserError(f"--{flag} must have no spaces for #SBATCH: pick another ({path!r})")
@@ -317,6 +324,8 @@ def slurm_script(
         f"--output={log_dir}/%x_%j.out",
         "--open-mode=append",
         "--requeue",
+        # Up to 60 s earlier than asked (SLURM's event resolution), never later.
+        f"--signal=TERM@{signal_seconds}",
     ]
     if partition:
         directives.append(f"--partition={partition}")
@@ -330,7 +339,16 @@ def slurm_script(
         'echo "job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NODELIST"',
         "# One process per GPU; JAX finds its coordinator, rank and GPU in SLURM's variables.",
         # srun does not inherit sbatch's --cpus-per-task (SLURM >= 22.05): ask again.
-        shlex.join(["srun", "--kill-on-bad-exit=1", f"--cpus-per-task={cpus_per_task}", *train]),
+        "status=0",
+        shlex.join(["srun", "--kill-on-bad-exit=1", f"--cpus-per-task={cpus_per_task}", *train])
+        + " || status=$?",
+        # 143: the processes saved a step on --signal's SIGTERM (srun returns the highest status).
+        'if [ "$status" = 143 ]; then',
+        '  echo "job $SLURM_JOB_ID: the run saved its step and stopped; requeueing"',
+        '  scontrol requeue "$SLURM_JOB_ID" ||',
+        '    echo "job $SLURM_JOB_ID: requeue refused (cancelled?): submit again to resume"',
+        "fi",
+        'exit "$status"',
     ]
     return "\n".join(lines) + "\n"
 

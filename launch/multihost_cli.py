@@ -74,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     slurm.add_argument("--job_name", default="cnnjax")
     slurm.add_argument("--setup", default="", help='shell line run first, e.g. "module load cuda"')
     slurm.add_argument("--log_dir", default="", help="script and log; default WORKDIR/slurm")
+    slurm.add_argument(
+        "--signal_seconds",
+        type=int,
+        default=120,
+        help="SIGTERM this long before the time limit: the run saves a step and is requeued",
+    )
     tpu = launcher("tpu", "every worker of a Cloud TPU VM, through gcloud")
     tpu.add_argument("--tpu_name", required=True)
     tpu.add_argument("--zone", required=True)
@@ -108,6 +114,7 @@ def _slurm(args: argparse.Namespace, train_args: list[str]) -> int:
         job_name=args.job_name,
         setup=args.setup,
         chdir=os.getcwd(),
+        signal_seconds=args.signal_seconds,
     )
     if args.dry_run:
         print(script, end="")

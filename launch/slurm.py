@@ -9,6 +9,10 @@ finished run, refuses a run another live process holds, and otherwise resumes th
 last checkpoint; `--requeue` lets SLURM restart preempted tasks the same way. The paths are this
 machine's: the sweep directory and the Python environment must be on a filesystem the compute
 nodes share.
+
+Ahead of the time limit (`signal_seconds`, default 120) SLURM sends SIGTERM to each task's batch
+shell (`--signal=B:TERM@N`), which passes it on to the worker and so to `cnnjax train`; the run
+saves its current step and exits 143, and the shell requeues the task, which resumes the run.
 """
 
 from __future__ import annotations
@@ -35,10 +39,47 @@ class SlurmOptions:
     mem: str = ""  # e.g. "16G"; empty leaves the cluster's default
     max_parallel: int = 0  # 0: as many tasks at once as SLURM allows
     setup: str = ""  # shell line run first in every task, e.g. "module load cuda"
+    # SIGTERM this long before the time limit: time to finish the step and save it. SLURM may
+    # send it up to 60 s earlier (its event resolution), never later.
+    signal_seconds: int = 120
+
+
+# Why the end of the script looks like this: the signal goes to the batch shell only (`B:`), and
+# bash neither passes a signal on to a foreground child nor runs a trap before that child exits.
+# So the run goes to the background (`exec`: its pid is the worker's, not a subshell's that would
+# die of the signal), the traps pass the signal on, and `wait`, which a trapped signal cuts short
+# (returning 128 + N), is asked again until the run has ended; a signal after the run ended makes
+# that `wait` repeat the status (older bash: 127, "not a child", ignored). 143 or 130 means the run
+# saved its step: the task is requeued to resume it.
+_RUN_AND_REQUEUE = """\
+# SLURM's SIGTERM (--signal=B:...) reaches only this shell: pass it on, let the run save, requeue.
+eval "exec $line" &
+child=$!
+signalled=0
+forward() { signalled=1; kill -s "$1" "$child" 2>/dev/null || true; }
+trap 'forward TERM' TERM
+trap 'forward INT' INT
+status=0
+wait "$child" || status=$?
+while [ "$signalled" = 1 ]; do
+  signalled=0
+  code=0
+  wait "$child" || code=$?
+  if [ "$code" != 127 ]; then status=$code; fi
+done
+if [ "$status" = 143 ] || [ "$status" = 130 ]; then
+  echo "task $SLURM_ARRAY_TASK_ID: the run saved its step and stopped (status $status); requeueing"
+  scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}" ||
+    echo "task $SLURM_ARRAY_TASK_ID: requeue refused (cancelled?): resubmit the sweep to resume"
+fi
+exit "$status"
+"""
 
 
 def script_text(commands_path: str, log_dir: str, count: int, options: SlurmOptions) -> str:
     """The sbatch script for `count` array tasks reading their command from `commands_path`."""
+    if not 1 <= options.signal_seconds <= 65535:  # SLURM's range for --signal's time
+        raise UserError(f"--slurm_signal_seconds must be 1 to 65535 (got {options.signal_seconds})")
     array = f"0-{count - 1}" + (f"%{options.max_parallel}" if options.max_parallel else "")
     directives = [
         f"--job-name={options.job_name}",
@@ -49,6 +90,7 @@ def script_text(commands_path: str, log_dir: str, count: int, options: SlurmOpti
         f"--output={log_dir}/%A_%a.out",
         "--open-mode=append",
         "--requeue",
+        f"--signal=B:TERM@{options.signal_seconds}",
     ]
     if options.partition:
         directives.append(f"--partition={options.partition}")
@@ -63,9 +105,8 @@ def script_text(commands_path: str, log_dir: str, count: int, options: SlurmOpti
         "# Task i runs line i + 1; finished runs exit at once, interrupted ones resume.",
         f'line=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {commands_path})',
         'echo "task $SLURM_ARRAY_TASK_ID on $(hostname): $line"',
-        'eval "$line"',
     ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + _RUN_AND_REQUEUE
 
 
 def write(

@@ -1,5 +1,6 @@
 """Shared fixtures: a TFDS data directory kept inside the checkout, prepared once per machine."""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -49,3 +50,47 @@ def smoke_run(tmp_path_factory, data_dir) -> str:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir
+
+
+# The run that the resume and interruption tests compare with: augmentation on, so that they
+# cover the order and augmentation of resumed batches; dropout on, so that they cover the
+# per-step keys. 60 steps, checkpoints every 7 steps and at each of the 3 epochs.
+RESUME_OVERRIDES = (
+    "--config.data.augment.random_crop_padding=2",
+    "--config.data.augment.horizontal_flip=True",
+    "--config.model.dropout_rate=0.2",
+    "--config.train.epochs=3",
+)
+
+
+def resume_command(workdir) -> list[str]:
+    """`cnnjax train` arguments of the reference run in `workdir`."""
+    return ["train", f"--config={RECIPE}:smoke", f"--workdir={workdir}", *RESUME_OVERRIDES]
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory, data_dir):
+    """A finished uninterrupted run of `resume_command`, shared by the tests that interrupt the
+    same run and compare (they must not change it: copy it first)."""
+    workdir = tmp_path_factory.mktemp("reference") / "run"
+    result = run_cnnjax(*resume_command(workdir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
+
+
+@contextlib.contextmanager
+def tmpfs(path, size: str):
+    """A small tmpfs mounted at `path` for the block (root only, else the test is skipped): a
+    full disk, or a folder that `mount -o remount,ro` makes read-only."""
+    os.makedirs(path, exist_ok=True)
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+    )
+    if mount.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (no CAP_SYS_ADMIN)")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)

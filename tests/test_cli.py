@@ -81,6 +81,7 @@ def test_incompatible_checkpoint_fails_and_deletes_nothing(tmp_path, data_dir):
         f"--config={RECIPE}:smoke",
         f"--workdir={workdir}",
         "--config.model.normalization=none",
+        "--allow_config_change",  # even then, other parameter shapes cannot be restored
     )
     _assert_one_line_error(result, "use a new --workdir")
     assert _snapshot(workdir) == before
@@ -97,7 +98,7 @@ def test_corrupt_checkpoint_fails_clearly(tmp_path, data_dir):
                 f.truncate(3)
     (workdir / "results.json").unlink()
     before = _snapshot(workdir)
-    result = run_cnnjax(*args[:-1], "--config.train.steps=14")
+    result = run_cnnjax(*args[:-1], "--config.train.steps=14", "--allow_config_change")
     _assert_one_line_error(result, "cannot be read")
     assert _snapshot(workdir) == before
 

@@ -119,14 +119,23 @@ def test_slurm_script_runs_one_task_per_gpu_with_srun():
         #SBATCH --output=/shared/runs/x/slurm/%x_%j.out
         #SBATCH --open-mode=append
         #SBATCH --requeue
+        #SBATCH --signal=TERM@120
         #SBATCH --partition=gpu
         #SBATCH --chdir=/shared/cnnjax
         set -euo pipefail
         module load cuda
         echo "job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NODELIST"
         # One process per GPU; JAX finds its coordinator, rank and GPU in SLURM's variables.
+        status=0
         srun --kill-on-bad-exit=1 --cpus-per-task=8 /shared/cnnjax/.venv/bin/python -m cnnjax.cli \
-train --distributed --config=configs/lenet5_fashion_mnist.py --workdir=runs/x --config.seed=1
+train --distributed --config=configs/lenet5_fashion_mnist.py --workdir=runs/x --config.seed=1 \
+|| status=$?
+        if [ "$status" = 143 ]; then
+          echo "job $SLURM_JOB_ID: the run saved its step and stopped; requeueing"
+          scontrol requeue "$SLURM_JOB_ID" ||
+            echo "job $SLURM_JOB_ID: requeue refused (cancelled?): submit again to resume"
+        fi
+        exit "$status"
         """
     )
     assert script.count("--distributed") == 1
@@ -146,9 +155,9 @@ def test_slurm_script_leaves_out_unset_options_and_quotes_arguments():
     lines = script.splitlines()
     assert "#SBATCH --job-name=mine" in lines and "#SBATCH --time=01:00:00" in lines
     assert not any("--partition" in line or "--chdir" in line for line in lines)
-    assert lines[-1] == (
+    assert lines[lines.index("status=0") + 1] == (
         "srun --kill-on-bad-exit=1 --cpus-per-task=2 /py -m cnnjax.cli train --distributed "
-        "--config=configs/x.py '--workdir=/shared/my run'"
+        "--config=configs/x.py '--workdir=/shared/my run' || status=$?"
     )
     assert lines[lines.index("set -euo pipefail") + 1].startswith("echo ")  # no setup line
 
@@ -232,6 +241,11 @@ def test_cli_slurm_dry_run_prints_the_script_and_writes_nothing(tmp_path):
     assert f"#SBATCH --chdir={ROOT}\n" in result.stdout
     assert result.stdout.count("--distributed") == 1
     assert not os.path.exists(workdir)
+    seconds = _cli("slurm", "--gpus_per_node=2", "--signal_seconds=600", "--dry_run", "--", *train)
+    assert seconds.stdout == multihost.slurm_script(
+        train, nodes=1, gpus_per_node=2, log_dir=f"{workdir}/slurm", chdir=ROOT, signal_seconds=600
+    )
+    assert "#SBATCH --signal=TERM@600\n" in seconds.stdout
 
 
 def test_cli_slurm_writes_the_script_and_submits_it(tmp_path):
@@ -348,6 +362,10 @@ def test_cli_tpu_runs_the_printed_command(tmp_path):
             ["slurm", "--gpus_per_node=0", "--", *TRAIN],
             "launch.multihost slurm: error: --gpus_per_node must be at least 1 (got 0): the job "
             "runs one process per GPU",
+        ),
+        (
+            ["slurm", "--gpus_per_node=1", "--signal_seconds=0", "--", *TRAIN],
+            "launch.multihost slurm: error: --signal_seconds must be 1 to 65535 (got 0)",
         ),
         (
             ["slurm", "--gpus_per_node=1", "--log_dir=/my logs", "--", *TRAIN],

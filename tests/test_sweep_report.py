@@ -129,3 +129,118 @@ def test_threshold_is_the_first_crossing_and_none_when_never():
         epochs_to_threshold(records, {"split": "train", "key": "accuracy", "at_least": 0.99})
         is None
     )
+
+
+def _two_arms() -> ml_collections.ConfigDict:
+    sweep = ml_collections.ConfigDict()
+    sweep.base = RECIPE + ":smoke"
+    sweep.axes = [{"_name": "dropout", "model.dropout_rate": (0.0, 0.5)}]
+    sweep.seeds = (0, 1)
+    return sweep
+
+
+def _two_arm_sweep(tmp_path, runs: dict):
+    """Two arms x two seeds; `runs[(arm index, seed)]` = (state, results.json or status fields)."""
+    plan = make_plan(_two_arms(), str(tmp_path / "sweep"))
+    write_plan(plan)
+    for run in plan.runs:
+        state, fields = runs[(plan.arms.index(run.arm), run.seed)]
+        os.makedirs(run.workdir)
+        if state == "done":
+            run_status.write_status(run.workdir, state="done", attempts=1, seconds=10.0)
+            with open(os.path.join(run.workdir, "results.json"), "w") as f:
+                json.dump({"test_accuracy": 0.8, **fields}, f)
+        else:
+            run_status.write_status(run.workdir, state=state, attempts=1, **fields)
+    return plan
+
+
+def _done(threads: int, platform: str = "cpu") -> tuple:
+    return "done", {"cpu_threads": threads, "platform": platform}
+
+
+THREADS_WARNING = (
+    "CPU runs used different numbers of threads (arm: cpu_threads of its runs; dropout=0.0: "
+    "1, 2; dropout=0.5: 2). XLA:CPU splits float reductions across its threads, so the same run "
+    "gives slightly different numbers on 1 and 2 threads (test accuracy 0.7670 vs 0.7660 in one "
+    "sweep): differences that small mix the arms' effect with the thread count. Give every run "
+    "the same number of cores (the same --workers on the same machine)."
+)
+
+
+@pytest.mark.parametrize(
+    "runs, warnings",
+    [
+        (
+            {(0, 0): _done(1), (0, 1): _done(2), (1, 0): _done(2), (1, 1): _done(2)},
+            [THREADS_WARNING],
+        ),
+        ({(0, 0): _done(2), (0, 1): _done(2), (1, 0): _done(2), (1, 1): _done(2)}, []),
+        # On a GPU the threads do not change the numbers; results.json from before cpu_threads.
+        (
+            {(0, 0): _done(1, "gpu"), (0, 1): _done(2, "gpu"), (1, 0): _done(2), (1, 1): _done(2)},
+            [],
+        ),
+        ({(0, 0): ("done", {}), (0, 1): _done(2), (1, 0): _done(2), (1, 1): _done(2)}, []),
+    ],
+)
+def test_report_warns_when_cpu_runs_used_different_thread_counts(tmp_path, runs, warnings):
+    plan = _two_arm_sweep(tmp_path, runs)
+    written = write_report(plan.sweep_dir)
+    summary = json.load(open(os.path.join(plan.sweep_dir, "report", "summary.json")))
+    assert summary["warnings"] == warnings
+    markdown = open(written["paths"]["summary"]).read()
+    assert markdown.count("> **Warning:**") == len(warnings)
+    for warning in warnings:
+        assert f"\n\n> **Warning:** {warning}\n\n" in markdown
+    with open(written["paths"]["results"]) as f:
+        threads = [r["cpu_threads"] for r in csv.DictReader(f)]
+    assert threads == [
+        str(runs[(arm, seed)][1].get("cpu_threads", "")) for arm in (0, 1) for seed in (0, 1)
+    ]
+
+
+def test_interrupted_runs_are_listed_with_their_line_and_resumed_by_the_next_sweep(
+    tmp_path, capsys
+):
+    line = "cnnjax train: interrupted by SIGTERM at step 30 of 60: checkpoint 30 is saved in /c"
+    stopped = ("interrupted", {"returncode": 143, "message": line})
+    runs = {(0, 0): _done(2), (0, 1): stopped, (1, 0): _done(2), (1, 1): ("running", {})}
+    plan = _two_arm_sweep(tmp_path, runs)
+    written = write_report(plan.sweep_dir)
+    # A "running" status with a free lock (a killed worker) reads as interrupted too.
+    assert written["progress"] == "PARTIAL: 2 of 4 runs done (2 interrupted)"
+    with open(written["paths"]["results"]) as f:
+        rows = {r["run_id"]: r for r in csv.DictReader(f)}
+    stopped_id, killed_id = plan.runs[1].run_id, plan.runs[3].run_id
+    assert (rows[stopped_id]["state"], rows[stopped_id]["message"], rows[stopped_id]["error"]) == (
+        "interrupted",
+        line,
+        "",
+    )
+    markdown = open(written["paths"]["summary"]).read()
+    assert (
+        "## Interrupted runs (the next `cnnjax sweep` resumes them)\n\n"
+        f"| run | message |\n|---|---|\n| {stopped_id} | {line} |\n| {killed_id} |  |\n" in markdown
+    )
+    assert "## Failed runs" not in markdown
+
+    from cnnjax.sweep import command
+
+    code = command.sweep(_two_arms(), "", plan.sweep_dir, workers=1, launcher="local", dry_run=True)
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "(2 done, 2 interrupted)" in out
+    assert f"[0] {stopped_id}\n" in out and f"[1] {killed_id}\n" in out and "[2]" not in out
+
+
+def test_results_record_the_cpus_the_process_may_run_on():
+    from cnnjax.train.run_record import environment
+
+    cpus = os.sched_getaffinity(0)
+    assert environment()["cpu_threads"] == len(cpus)
+    os.sched_setaffinity(0, {min(cpus)})  # this thread only: XLA's own threads keep theirs
+    try:
+        assert environment()["cpu_threads"] == 1
+    finally:
+        os.sched_setaffinity(0, cpus)

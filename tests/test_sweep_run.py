@@ -170,11 +170,13 @@ def test_slurm_dry_run_prints_the_array_and_writes_nothing(tmp_path):
         "--slurm_partition=gpu",
         "--slurm_gpus_per_task=1",
         "--slurm_max_parallel=2",
+        "--slurm_signal_seconds=300",
     )
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "#SBATCH --array=0-3%2" in out and "#SBATCH --partition=gpu" in out
     assert "#SBATCH --gpus-per-task=1" in out and "#SBATCH --requeue" in out
+    assert "#SBATCH --signal=B:TERM@300\n" in out and 'eval "exec $line" &\n' in out
     lines = [line for line in out.splitlines() if "-m cnnjax.sweep.worker" in line]
     assert len(lines) == 4
     assert len({line.split()[3] for line in lines}) == 4  # one workdir per run

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import zipfile
 
 import numpy as np
 
@@ -47,7 +48,9 @@ def load(path: str | None) -> tuple[np.ndarray, np.ndarray] | None:
     try:
         with np.load(path) as stored:
             return stored["images"], stored["labels"]
-    except (OSError, ValueError, KeyError, EOFError):
+    # A truncated or damaged .npz is a zip that fails its own checks (BadZipFile: no central
+    # directory, or a member's CRC-32), which is none of the other errors.
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None  # a partial or foreign file: decoded again and replaced
 
 

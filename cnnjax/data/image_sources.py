@@ -9,7 +9,14 @@ from typing import Protocol
 
 import numpy as np
 
-from cnnjax.data.sources import NotPrepared, default_data_dir, open_data_source, prepare_once
+from cnnjax.data.sources import (
+    NotPrepared,
+    default_data_dir,
+    open_data_source,
+    prepare_once,
+    read_errors,
+    unreadable,
+)
 from cnnjax.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -105,12 +112,16 @@ class TfdsImageSource:
             self._source = open_data_source(tfds, name, split, data_dir, decoders)
         self.num_classes = features["label"].num_classes
         self.class_names = tuple(features["label"].names)
+        self._where = (name, data_dir, builder.data_dir)  # for the error of a damaged file
 
     def __len__(self) -> int:
         return len(self._source)
 
     def get(self, index: int) -> tuple[bytes, int]:
-        record = self._source[index]
+        try:
+            record = self._source[index]
+        except read_errors() as error:  # records are read lazily: damage shows up here
+            raise unreadable(*self._where, error) from None
         return bytes(record["image"]), int(record["label"])
 
 

@@ -63,18 +63,46 @@ def load_split(
     except NotPrepared:
         _prepare(name, data_dir, source_dir, download)
         source = open_data_source(tfds, name, split, data_dir)
-    num_classes = tfds.builder(name, data_dir=data_dir).info.features["label"].num_classes
+    builder = tfds.builder(name, data_dir=data_dir)
+    num_classes = builder.info.features["label"].num_classes
     cache = decoded_cache.cache_path(source) if fast_paths.enabled_by_environment() else None
     cached = decoded_cache.load(cache)
     if cached is not None:
         return Split(*cached, num_classes)
-    split = _read_all(source, num_classes)
+    try:
+        split = _read_all(source, num_classes)
+    except read_errors() as error:
+        raise unreadable(name, data_dir, builder.data_dir, error) from None
     decoded_cache.save(cache, split.images, split.labels)
     return split
 
 
 class NotPrepared(Exception):
     """The dataset is not prepared in the data directory yet."""
+
+
+def read_errors() -> tuple[type[Exception], ...]:
+    """What reading a damaged prepared dataset raises: array_record reports a truncated or
+    corrupt file as RuntimeError, a damaged record fails to parse (protobuf) or to decode (PIL's
+    OSError / ValueError), a damaged dataset_info.json fails to parse (protobuf's json_format)."""
+    from google.protobuf import json_format, message
+
+    return (RuntimeError, OSError, EOFError, ValueError, message.Error, json_format.Error)
+
+
+def unreadable(name: str, data_dir: str, folder: str, error: BaseException) -> UserError:
+    """The one-line error for a prepared dataset that cannot be read; deleting `folder` (never
+    done here: it may be the user's only copy) makes the next run prepare it again."""
+    return UserError(
+        f"the prepared dataset {name!r} in {data_dir} cannot be read ({describe(error)}): "
+        f"delete {folder} so that it is prepared again"
+    )
+
+
+def describe(error: BaseException) -> str:
+    """`Type: first line of the message`, for one-line errors."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else 'no details'}"
 
 
 def open_data_source(tfds, name: str, split: str, data_dir: str, decoders=None):
@@ -97,11 +125,15 @@ def open_data_source(tfds, name: str, split: str, data_dir: str, decoders=None):
             f"split {split!r} of {name!r} is not valid ({error}): use e.g. 'train', 'test' or "
             "'train[:10%]'"
         ) from None
+    except read_errors() as error:  # a damaged dataset_info.json: the builder cannot be made
+        folder = os.path.join(data_dir, name.split(":")[0])
+        raise unreadable(name, data_dir, folder, error) from None
 
 
-def prepare_once(name: str, data_dir: str, make_builder) -> None:
+def prepare_once(name: str, data_dir: str, make_builder, *, downloads: bool = True) -> None:
     """Runs `make_builder().download_and_prepare()` unless `name` is prepared in `data_dir`,
-    one process at a time; TFDS's failures become one-line UserErrors."""
+    one process at a time; TFDS's failures become one-line UserErrors. `downloads` says whether
+    the builder downloads (an OSError is then a network problem) or reads local files."""
     os.makedirs(data_dir, exist_ok=True)
     safe_name = name.replace("/", "_").replace(":", "_")
     # Concurrent runs of a sweep may all find the dataset missing: the first prepares it, the
@@ -125,6 +157,11 @@ def prepare_once(name: str, data_dir: str, make_builder) -> None:
         except AssertionError as error:  # TFDS's check of the manual download folder
             raise UserError(f"cannot prepare {name!r}: {str(error).splitlines()[0]}") from None
         except OSError as error:
+            if not downloads:  # local sources are checked by their builder: this is the output
+                raise UserError(
+                    f"cannot prepare {name!r} in {data_dir} ({describe(error)}): check that the "
+                    "folder is writable and has free space"
+                ) from None
             raise UserError(
                 f"could not download {name!r} ({type(error).__name__}): check the internet "
                 f"connection, or prepare it elsewhere and copy it into {data_dir}"
@@ -168,7 +205,7 @@ def _prepare(name: str, data_dir: str, source_dir: str | None, download: bool) -
             )
         return tfds.builder(name, data_dir=data_dir, file_format="array_record")
 
-    prepare_once(name, data_dir, make_builder)
+    prepare_once(name, data_dir, make_builder, downloads=not local)
 
 
 def _not_found(name: str, data_dir: str, folder: str | None) -> UserError:

@@ -27,12 +27,13 @@ from cnnjax.data import sources
 from cnnjax.data.subsets import parse_classes
 from cnnjax.errors import UserError
 from cnnjax.inspect.evaluation import add_sums, full_eval_step, summarize_evaluation
-from cnnjax.train.loop import device_prefetch
+from cnnjax.train.run import device_prefetch
 from cnnjax.train.trained_run import (
     TrainedRun,
     load_trained_run,
     read_run_config,
 )
+from cnnjax.train.workdir import ensure_writable, write_failure
 
 matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
@@ -127,6 +128,8 @@ def evaluate_workdir(
     evaluation split (or TFDS split `split`), writes the files and returns the results: the
     `summarize_evaluation` metrics plus step, checkpoint, split, class_names and paths."""
     config = read_run_config(workdir)
+    # Before any work: a read-only or full workdir must not cost a whole evaluation.
+    ensure_writable(workdir, "evaluation results")
     if use_ema and not config.train.ema_decay:  # before the (slower) restore
         raise UserError(
             "--use_ema: this run kept no moving average of its weights (train.ema_decay=0)"
@@ -153,7 +156,10 @@ def evaluate_workdir(
     result["paths"] = {name: os.path.join(out, name) for name in OUTPUT_FILES}
     result["paths"]["tensorboard"] = tensorboard
     if jax.process_index() == 0:  # on many hosts, the first process writes the files
-        write_files(result, out, tensorboard)
+        try:
+            write_files(result, out, tensorboard)
+        except OSError as error:
+            raise write_failure("evaluation results", out, error, "rerun `cnnjax eval`") from None
     return result
 
 

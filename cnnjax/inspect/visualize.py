@@ -33,7 +33,8 @@ from cnnjax.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from cnnjax.errors import UserError
 from cnnjax.inspect import activations as act
 from cnnjax.inspect.evaluation_report import class_names
-from cnnjax.train.trained_run import TrainedRun, load_trained_run
+from cnnjax.train.trained_run import TrainedRun, load_trained_run, read_run_config
+from cnnjax.train.workdir import ensure_writable
 
 matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
@@ -60,6 +61,8 @@ def visualize_workdir(
     for the feature maps; `image_indices`: test-split indices for the saliency figure (default
     the first `num_images`). Both also take comma-separated strings, as on the command line.
     """
+    read_run_config(workdir)  # one line when it is not a run, before the writability check
+    ensure_writable(workdir, "figures")
     trained = load_trained_run(workdir, str(checkpoint))
     run, model = trained.run, trained.run.model
     out_dir = os.path.join(trained.workdir, "visualize")

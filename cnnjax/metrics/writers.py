@@ -3,20 +3,47 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 
 from tensorboardX import SummaryWriter
+
+from cnnjax.errors import UserError
+from cnnjax.train.workdir import write_atomically
 
 METRICS_FILE = "metrics.jsonl"
 
 
 def read_metrics(workdir: str) -> list[dict]:
-    """All records of `<workdir>/metrics.jsonl` ([] when there is none)."""
+    """All records of `<workdir>/metrics.jsonl` ([] when there is none).
+
+    A last line cut short (a process killed while writing it) is left out: it comes after the
+    last checkpoint, so a resume writes it again. A damaged line elsewhere is a UserError.
+    """
     path = os.path.join(workdir, METRICS_FILE)
     if not os.path.exists(path):
         return []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = f.read().split("\n")
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if number == len(lines):  # no newline after it: the write never finished
+                break
+            raise UserError(
+                f"{path} line {number} is not a JSON record: move the file aside (the run "
+                "then logs from its next step on) or repair that line"
+            ) from None
+    return records
+
+
+def _strict(value):
+    # Strict JSON has no NaN: a diverged window's loss is recorded as null.
+    return value if not isinstance(value, float) or math.isfinite(value) else None
 
 
 class MetricWriter:
@@ -29,17 +56,16 @@ class MetricWriter:
     def __init__(self, workdir: str, *, resume_step: int = 0):
         self.path = os.path.join(workdir, METRICS_FILE)
         kept = [r for r in read_metrics(workdir) if r["step"] <= resume_step]
-        temporary = self.path + ".tmp"
-        with open(temporary, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
-        os.replace(temporary, self.path)  # atomic: a crash here loses no record
+        # Atomic: a crash or a full disk here loses no record and leaves no temporary file.
+        write_atomically(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self._file = open(self.path, "a")  # noqa: SIM115 (closed in close())
         self.tensorboard_dir = os.path.join(workdir, "tensorboard")
         self._tensorboard = SummaryWriter(self.tensorboard_dir, purge_step=resume_step + 1)
 
     def write(self, step: int, split: str, values: dict[str, float]) -> None:
         """Records `values` (plain floats) of `split` ("train", "test") at `step`."""
-        self._file.write(json.dumps({"step": step, "split": split, **values}) + "\n")
+        record = {"step": step, "split": split, **{k: _strict(v) for k, v in values.items()}}
+        self._file.write(json.dumps(record, allow_nan=False) + "\n")
         self._file.flush()
         for name, value in values.items():
             if name not in ("epoch",):

@@ -62,9 +62,10 @@ def per_device_train_step(
     grads = jax.lax.pmean(grads, DATA_AXIS)
     if batch_norm == "ghost":  # per-device running statistics, averaged; synced ones are equal
         batch_stats = jax.lax.pmean(batch_stats, DATA_AXIS)
-    state = steps.apply_update(state, grads, batch_stats, ema_decay)
     metrics = jax.lax.psum(steps.step_metrics(logits, losses, batch["label"]), DATA_AXIS)
-    return state, metrics
+    # After the pmean and psum every device sees the same gradients and loss: no reduction.
+    metrics.update(steps.finiteness_metrics(metrics["loss_sum"], grads, state.step))
+    return steps.apply_update(state, grads, batch_stats, ema_decay), metrics
 
 
 def make_shard_map_train_step(mesh, **options):

@@ -55,7 +55,12 @@ def sweep(
     def on_finish(run, code):
         state, status = run_status.run_state(run.workdir)
         done = sum(1 for s in _states(plan).values() if s == run_status.DONE)
-        detail = status.get("error") if state == run_status.FAILED else _result_line(run.workdir)
+        if state == run_status.FAILED:
+            detail = status.get("error")
+        elif state == run_status.INTERRUPTED:  # saved; the next `cnnjax sweep` resumes it
+            detail = status.get("message")
+        else:
+            detail = _result_line(run.workdir)
         print(f"[{done}/{len(plan.runs)} done] {state}: {run.run_id}  {detail or ''}", flush=True)
         sweep_report.write_report(plan.sweep_dir)  # readable while the sweep goes on
 
@@ -84,12 +89,17 @@ def _finish(plan) -> int:
     written = sweep_report.write_report(plan.sweep_dir)
     print(f"\n{written['progress']}")
     _print_paths(written["paths"])
-    failed = [r for r in plan.runs if run_status.run_state(r.workdir)[0] == run_status.FAILED]
+    states = _states(plan)
+    failed = [r for r in plan.runs if states[r.run_id] == run_status.FAILED]
     for run in failed:
         error = run_status.read_status(run.workdir).get("error")
         print(f"  failed: {run.run_id}: {error}  (log: {run.workdir}/{run_status.LOG_FILE})")
-    if failed:
-        print("rerun the same command to retry the failed runs; finished runs are kept")
+    stopped = [r for r in plan.runs if states[r.run_id] == run_status.INTERRUPTED]
+    for run in stopped:
+        message = run_status.read_status(run.workdir).get("message") or "interrupted"
+        print(f"  interrupted: {run.run_id}: {message}")
+    if failed or stopped:
+        print("rerun the same command to retry failed runs and resume interrupted ones")
     return 1 if failed else 0
 
 

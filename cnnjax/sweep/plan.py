@@ -30,6 +30,7 @@ import sys
 import ml_collections
 from ml_collections.config_flags import config_flags
 
+from cnnjax.config_base import flatten
 from cnnjax.errors import UserError
 
 PLAN_FILE = "sweep.json"
@@ -130,17 +131,6 @@ def _resolve_base(base: str, sweep_file: str | None) -> str:
     if not os.path.exists(path):
         raise UserError(f"the sweep's base recipe {base!r} does not exist")
     return os.path.abspath(path) + sep + arg
-
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-    """{"a": {"b": 1}, "c.d": 2} -> {"a.b": 1, "c.d": 2}."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def expand_factors(axes: list[dict]) -> list[tuple[dict, list[str]]]:

@@ -3,7 +3,8 @@
 Reads `DIR/sweep.json` (the plan written by `cnnjax sweep`) and each run's workdir, and writes
 `DIR/report/`:
 
-    results.csv      one row per run: arm, factors, seed, state, error, final metrics
+    results.csv      one row per run: arm, factors, seed, state, error or interruption message,
+                     final metrics, the CPU threads it ran on
     summary.md       one row per arm: n, mean, standard deviation, 95% t interval of each metric;
                      each arm against the reference arm (difference with Welch's interval, ratio
                      of means with a delta-method interval); a factor-by-factor table of the
@@ -13,7 +14,8 @@ Reads `DIR/sweep.json` (the plan written by `cnnjax sweep`) and each run's workd
     <metric>.png     bar chart of the first metric per arm with 95% intervals
 
 It works at any time: runs that are not done are listed with their state and the report says
-PARTIAL at the top. The sweep config's `report` section chooses what is summarized:
+PARTIAL at the top. CPU runs on different numbers of threads get a warning at the top (see
+`thread_warnings`). The sweep config's `report` section chooses what is summarized:
 
     metrics     keys of results.json (default test_accuracy, train_accuracy); the first leads
     thresholds  [{name, split, key, at_least | at_most}]: epochs until a logged metric first
@@ -63,7 +65,7 @@ def collect(sweep_dir: str) -> dict:
     options = plan.get("report") or {}
     metrics = list(options.get("metrics") or DEFAULT_METRICS)
     thresholds = list(options.get("thresholds") or [])
-    rows, curves = [], {}
+    rows, curves, platforms = [], {}, {}
     for run in plan["runs"]:
         state, status = run_status.run_state(run["workdir"])
         results = _read_json(os.path.join(run["workdir"], "results.json"))
@@ -77,6 +79,7 @@ def collect(sweep_dir: str) -> dict:
             "state": state,
             "attempts": status.get("attempts", 0),
             "error": status.get("error") or "" if state == run_status.FAILED else "",
+            "message": status.get("message") or "" if state == run_status.INTERRUPTED else "",
         }
         done = state == run_status.DONE
         for metric in metrics:
@@ -88,12 +91,15 @@ def collect(sweep_dir: str) -> dict:
             row[threshold["name"] + "_reached"] = epoch is not None if done else None
         row["epochs"] = results.get("epochs") if done else _last_epoch(records)
         row["wall_seconds"] = status.get("seconds")
+        row["cpu_threads"] = results.get("cpu_threads") if done else None
         row["workdir"] = run["workdir"]
         rows.append(row)
         curves[run["run_id"]] = records
+        platforms[run["run_id"]] = results.get("platform") if done else None
     return {
         "plan": plan,
         "rows": rows,
+        "platforms": platforms,
         "curves": curves,
         "metrics": metrics + [t["name"] for t in thresholds],
         "thresholds": thresholds,
@@ -149,6 +155,25 @@ def comparisons(collected: dict, summaries: dict) -> list[dict]:
     return out
 
 
+def thread_warnings(collected: dict) -> list[str]:
+    """One warning when the finished CPU runs ran on different numbers of threads, naming each
+    arm's counts; [] otherwise (or when results.json predates `cpu_threads`)."""
+    counts: dict[str, set[int]] = {}
+    for row in collected["rows"]:
+        if row["cpu_threads"] is not None and collected["platforms"][row["run_id"]] == "cpu":
+            counts.setdefault(row["arm"], set()).add(row["cpu_threads"])
+    if len(set().union(*counts.values())) < 2:
+        return []
+    arms = "; ".join(f"{arm}: {', '.join(map(str, sorted(n)))}" for arm, n in counts.items())
+    return [
+        f"CPU runs used different numbers of threads (arm: cpu_threads of its runs; {arms}). "
+        "XLA:CPU splits float reductions across its threads, so the same run gives slightly "
+        "different numbers on 1 and 2 threads (test accuracy 0.7670 vs 0.7660 in one sweep): "
+        "differences that small mix the arms' effect with the thread count. Give every run the "
+        "same number of cores (the same --workers on the same machine)."
+    ]
+
+
 def progress_line(rows: list[dict]) -> str:
     counts = {}
     for row in rows:
@@ -173,6 +198,9 @@ def _interval(low: float, high: float, digits: int = 4) -> str:
 def summary_markdown(collected: dict, summaries: dict, compared: list[dict]) -> str:
     rows, metrics = collected["rows"], collected["metrics"]
     lines = [f"# Sweep report: {collected['plan']['base']}", "", f"**{progress_line(rows)}**", ""]
+    lines += [
+        line for warning in thread_warnings(collected) for line in (f"> **Warning:** {warning}", "")
+    ]
     lines += [
         "Mean over seeds, sample standard deviation, 95% t interval of the mean; n = runs "
         "done (for thresholds: runs that reached it).",
@@ -211,6 +239,12 @@ def summary_markdown(collected: dict, summaries: dict, compared: list[dict]) -> 
     if failed:
         lines += ["## Failed runs", "", "| run | error |", "|---|---|"]
         lines += [f"| {r['run_id']} | {r['error'].replace('|', '/')} |" for r in failed]
+        lines.append("")
+    stopped = [r for r in rows if r["state"] == run_status.INTERRUPTED]
+    if stopped:
+        lines += ["## Interrupted runs (the next `cnnjax sweep` resumes them)", ""]
+        lines += ["| run | message |", "|---|---|"]
+        lines += [f"| {r['run_id']} | {r['message'].replace('|', '/')} |" for r in stopped]
         lines.append("")
     lines += [
         "## Runs",
@@ -282,6 +316,7 @@ def write_report(sweep_dir: str) -> dict:
         json.dump(
             {
                 "progress": progress_line(rows),
+                "warnings": thread_warnings(collected),
                 "arms": {arm: {m: vars(s) for m, s in by.items()} for arm, by in summaries.items()},
                 "comparisons": compared,
             },

@@ -4,6 +4,8 @@ The worker (cnnjax/sweep/worker.py) writes `sweep_status.json` and holds an excl
 `.sweep.lock` for as long as the run's process lives; the kernel releases the lock when the
 process dies, however it dies, so a held lock means "running" and a "running" status with a free
 lock means the run was interrupted (it resumes from its last checkpoint when started again).
+A run stopped by SIGTERM or SIGINT after saving its step says so itself: state "interrupted",
+with the command's returncode (143, 130) and its one line in `message`; it resumes the same way.
 """
 
 from __future__ import annotations
@@ -73,6 +75,6 @@ def run_state(workdir: str, *, holding_lock: bool = False) -> tuple[str, dict]:
         return DONE, status
     if state == FAILED:
         return FAILED, status
-    if state == RUNNING:
+    if state in (RUNNING, INTERRUPTED):
         return INTERRUPTED, status
     return PENDING, status

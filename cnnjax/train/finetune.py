@@ -101,7 +101,7 @@ def read_pretrained(workdir: str, checkpoint: str) -> tuple[dict, int]:
             f"config.init_from={workdir!r} holds no checkpoints: give the --workdir of a "
             "finished `cnnjax train` run"
         )
-    checkpoints = RunCheckpoints(workdir, keep_best=1)
+    checkpoints = RunCheckpoints(workdir, keep_best=1, read_only=True)
     try:
         step = resolve_checkpoint(checkpoints, str(checkpoint))
         saved = checkpoints.restore_as_saved(step)

@@ -4,131 +4,35 @@
 is one, so rerunning a command after any crash continues the same run; the batches, the per-step
 random keys and the metric sums are all functions of the step, so the resumed run ends with the
 same numbers as one that never stopped.
+
+What protects a run's work: one `cnnjax train` per workdir (its lock); a resume with a config
+that changes the math is refused (cnnjax/train/config_history.py); SIGTERM / SIGINT save the
+current step and stop (TrainingInterrupted); a non-finite loss or gradient norm stops training
+before anything diverged is saved (TrainingDiverged); every file is written atomically.
 """
 
 from __future__ import annotations
 
-import collections
-import functools
-import json
 import os
 import time
-from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 from tqdm import tqdm
 
-from cnnjax import fast_paths, models, parallel
-from cnnjax.config_checks import validate_config
-from cnnjax.data.inputs import make_input
-from cnnjax.errors import UserError
+from cnnjax import fast_paths, parallel
+from cnnjax.errors import TrainingDiverged, TrainingInterrupted
 from cnnjax.metrics import MetricWriter, NullWriter, plot_curves, read_metrics
-from cnnjax.train import finetune, steps
-from cnnjax.train.checkpoints import RunCheckpoints, model_signature
-from cnnjax.train.optim import make_optimizer
+from cnnjax.train import config_history, finetune, steps
+from cnnjax.train import workdir as workdirs
+from cnnjax.train.checkpoints import write_failure
+from cnnjax.train.interrupts import StopRequests
+from cnnjax.train.run import Run, build_model, device_prefetch, evaluate, make_steps
 from cnnjax.train.run_record import environment
-from cnnjax.train.state import TrainState, count_params, create_train_state
+from cnnjax.train.state import count_params
 
-
-def build_model(config: ml_collections.ConfigDict, num_classes: int):
-    """The model of `config.model` for `num_classes` classes."""
-    return models.create(
-        config.model.name,
-        num_classes=num_classes,
-        activation=config.model.activation,
-        normalization=config.model.normalization,
-        dropout_rate=config.model.dropout_rate,
-        **config.model.options.to_dict(),
-    )
-
-
-def make_steps(
-    num_classes: int,
-    label_smoothing: float,
-    with_confusion: bool = False,
-    *,
-    mesh=None,
-    parallel_step: str = "jit",
-    batch_norm: str = "sync",
-    compute_dtype: str = "float32",
-    grad_accum_steps: int = 1,
-    ema_decay: float = 0.0,
-    frozen_batch_norm: bool = False,
-):
-    """The jitted train and eval steps; the train step donates the state it replaces.
-
-    With a `mesh`, batches are split over its `data` axis and the state is replicated; the train
-    step is either `jax.jit` with those shardings (XLA inserts the collectives) or the explicit
-    per-device `shard_map` step (cnnjax/parallel/shard_map_step.py). Returns (train, eval,
-    eval of the weights' EMA or None).
-    """
-    dtype = None if compute_dtype == "float32" else jnp.dtype(compute_dtype)
-    options = dict(
-        num_classes=num_classes,
-        label_smoothing=label_smoothing,
-        compute_dtype=dtype,
-        grad_accum_steps=grad_accum_steps,
-        ema_decay=ema_decay,
-    )
-    shardings = {}
-    if mesh is not None:
-        state_sharding, data_sharding = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-        shardings = dict(
-            in_shardings=(state_sharding, data_sharding),
-            out_shardings=(state_sharding, state_sharding),
-        )
-    if parallel_step == "shard_map":
-        from cnnjax.parallel.shard_map_step import make_shard_map_train_step
-
-        step = make_shard_map_train_step(
-            mesh or parallel.data_mesh(1), batch_norm=batch_norm, **options
-        )
-    else:
-        step = functools.partial(steps.train_step, **options)
-    if frozen_batch_norm:  # fine-tuning: batch norm in inference mode inside the train step
-        step = finetune.with_frozen_batch_norm(step)
-    train = jax.jit(step, donate_argnums=0, **shardings)
-
-    def make_eval(use_ema: bool):
-        fn = functools.partial(
-            steps.eval_step,
-            num_classes=num_classes,
-            with_confusion=with_confusion,
-            compute_dtype=dtype,
-            use_ema=use_ema,
-        )
-        if mesh is None:
-            return jax.jit(fn)
-        return jax.jit(
-            fn, in_shardings=shardings["in_shardings"], out_shardings=parallel.replicated(mesh)
-        )
-
-    return train, make_eval(False), make_eval(True) if ema_decay else None
-
-
-def device_prefetch(batches: Iterator[dict], size: int = 2, mesh=None) -> Iterator[dict]:
-    """Keeps `size` batches in flight to the devices (split over `mesh` when given);
-    transfers are asynchronous."""
-    queue = collections.deque()
-    for batch in batches:
-        queue.append(
-            parallel.shard_batch(batch, mesh) if mesh is not None else jax.device_put(batch)
-        )
-        if len(queue) > size:
-            yield queue.popleft()
-    while queue:
-        yield queue.popleft()
-
-
-def evaluate(eval_fn, state: TrainState, batches: Iterator[dict], mesh=None) -> dict[str, float]:
-    """Loss and accuracy over every example of `batches` (padding masked out)."""
-    sums = None
-    for batch in device_prefetch(batches, mesh=mesh):
-        metrics = eval_fn(state, batch)
-        sums = metrics if sums is None else steps.add_metrics(sums, metrics)
-    return steps.summarize(jax.device_get(sums))
+__all__ = ["Run", "build_model", "device_prefetch", "evaluate", "make_steps", "train_and_evaluate"]
 
 
 def _host(sums: dict) -> dict[str, float]:
@@ -136,102 +40,61 @@ def _host(sums: dict) -> dict[str, float]:
 
 
 def _device(sums: dict | None) -> dict:
-    if not sums:
-        return steps.zero_metrics()
-    return {k: jax.numpy.asarray(v, jax.numpy.float32) for k, v in sums.items()}
+    # Sums saved by an older cnnjax lack the newer keys: those start from zero.
+    return {
+        k: jnp.asarray((sums or {}).get(k, zero), jnp.float32)
+        for k, zero in steps.zero_metrics().items()
+    }
 
 
-class Run:
-    """One training run in one workdir: set up, resume, train, evaluate, write results."""
-
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-        validate_config(config)
-        self.config, self.workdir = config, workdir
-        os.makedirs(workdir, exist_ok=True)
-        cfg = config.data
-        self.input = make_input(config)
-        self.steps_per_epoch = self.input.num_train // cfg.batch_size
-        if self.steps_per_epoch == 0:
-            raise UserError(
-                f"the training split has {self.input.num_train} examples, fewer than "
-                f"one batch of {cfg.batch_size}: lower --config.data.batch_size"
-            )
-        self.total_steps = config.train.steps or config.train.epochs * self.steps_per_epoch
-
-        num_classes = self.input.num_classes
-        self.model = build_model(config, num_classes)
-        tx = finetune.wrap_optimizer(
-            make_optimizer(
-                config.optimizer,
-                steps_per_epoch=self.steps_per_epoch,
-                total_steps=self.total_steps,
-            ),
-            config.finetune,
-        )
-        self.input_shape = self.input.input_shape
-        self.mesh = parallel.data_mesh(config.parallel.num_devices)
-        parallel.check_batch_size(cfg.batch_size, self.mesh)
-        parallel.check_batch_size(cfg.eval_batch_size, self.mesh, "data.eval_batch_size")
-        ema_decay = config.train.ema_decay
-        self.state = parallel.replicate(
-            create_train_state(
-                self.model, tx, input_shape=self.input_shape, seed=config.seed, ema=ema_decay > 0
-            ),
-            self.mesh,
-        )
-        self.signature = model_signature(config.model.name, self.state.params)
-        self.train_fn, self.eval_fn, self.eval_ema_fn = make_steps(
-            num_classes,
-            config.optimizer.label_smoothing,
-            with_confusion=cfg.task == "segmentation",
-            mesh=self.mesh,
-            parallel_step=config.parallel.step,
-            batch_norm=config.parallel.batch_norm,
-            compute_dtype=config.train.compute_dtype,
-            grad_accum_steps=config.train.grad_accum_steps,
-            ema_decay=ema_decay,
-            frozen_batch_norm=config.finetune.batch_norm == "frozen",
-        )
-        # Every process saves its part of each checkpoint; only the first writes files.
-        self.is_main = jax.process_index() == 0
-        self.checkpoints = RunCheckpoints(workdir, keep_best=config.train.keep_best_checkpoints)
-
-    def restore(self) -> dict:
-        """Resumes from the latest checkpoint if any; returns its record ({} for a new run)."""
-        step = self.checkpoints.latest_step()
-        if step is None:
-            return {}
-        # The target carries this run's shardings: a checkpoint saved on any number of devices
-        # is restored replicated onto this mesh.
-        abstract = parallel.with_sharding(
-            jax.eval_shape(lambda s: s, self.state), parallel.replicated(self.mesh)
-        )
-        self.state, record = self.checkpoints.restore(step, abstract, self.signature)
-        return record
-
-    def epoch_of(self, step: int) -> float:
-        return step / self.steps_per_epoch
-
-    def batches(self, start_step: int) -> Iterator[dict]:
-        return self.input.train_batches(start_step)
-
-    def evaluate_test(self) -> dict[str, float]:
-        results = evaluate(self.eval_fn, self.state, self.input.eval_batches(), self.mesh)
-        if self.eval_ema_fn is not None:
-            ema = evaluate(self.eval_ema_fn, self.state, self.input.eval_batches(), self.mesh)
-            results.update({f"ema_{k}": v for k, v in ema.items()})
-        return results
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False
+) -> dict:
     """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns the results.
 
     Writes config.json, metrics.jsonl, TensorBoard events, curves.png, checkpoints/ and
-    results.json into `workdir`.
+    results.json into `workdir`. Raises UserError (bad input, a workdir in use, a resume with a
+    config that changes the math unless `allow_config_change`, a failed write),
+    TrainingDiverged or TrainingInterrupted.
     """
     wall_start = time.perf_counter()
+    workdirs.make_workdir(workdir)
+    # On many hosts the first process holds the lock for the run; the others follow it.
+    is_main = jax.process_index() == 0
+    with workdirs.hold(workdir) if is_main else _nothing():
+        try:
+            return _train_and_evaluate(config, workdir, allow_config_change, wall_start)
+        except OSError as error:  # a write outside the checkpoints: metrics, plots, results
+            raise write_failure(
+                "the run's files", workdir, error, "rerun the same command to resume"
+            ) from None
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc_info):
+        return False
+
+
+def _saved_steps(workdir: str) -> list[int]:
+    """Steps with a finished checkpoint folder, read without opening Orbax (a quick check)."""
+    folder = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(folder):
+        return []
+    return sorted(int(name) for name in os.listdir(folder) if name.isdigit())
+
+
+def _train_and_evaluate(config, workdir: str, allow_config_change: bool, wall_start: float):
     if config.train.compilation_cache_dir:
         fast_paths.enable_compilation_cache(config.train.compilation_cache_dir)
+    saved = _saved_steps(workdir)
+    changes = {}
+    if saved:  # before the data load: a refused resume costs nothing
+        changes = config_history.check_resume(
+            workdir, config, step=saved[-1], allow_change=allow_config_change
+        )
     run = Run(config, workdir)
     record = run.restore()  # before writing anything: a wrong workdir must lose nothing
     if not record and config.init_from:  # a new fine-tuning run (a resumed one has its weights)
@@ -241,8 +104,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             print(report, flush=True)
     start = int(run.state.step)
     if run.is_main:  # on many hosts, the first process writes the files
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+        config_history.record(workdir, config, step=start, changes=changes)
     writer = MetricWriter(workdir, resume_step=start) if run.is_main else NullWriter()
     try:
         record = _train(run, record, start, writer)
@@ -252,8 +114,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         run.checkpoints.close()
     results = _results(run, record, start, time.perf_counter() - wall_start)
     if run.is_main:
-        with open(os.path.join(workdir, "results.json"), "w") as f:
-            json.dump(results, f, indent=2, sort_keys=True)
+        workdirs.write_json(os.path.join(workdir, "results.json"), results)
         plot_curves(
             read_metrics(workdir),
             os.path.join(workdir, "curves.png"),
@@ -277,55 +138,111 @@ def _train(run: Run, record: dict, start: int, writer: MetricWriter) -> dict:
         disable=not run.is_main,
     )
     mark = time.perf_counter()
-    for step in range(start, total):
-        run.state, metrics = run.train_fn(run.state, next(batches))
-        epoch_sums = steps.add_metrics(epoch_sums, metrics)
-        window_sums = steps.add_metrics(window_sums, metrics)
-        done = step + 1
-        if timing["compile_seconds"] is None:  # the first step compiles: keep it out of speed
-            jax.block_until_ready(run.state)
-            timing["compile_seconds"] = time.perf_counter() - mark
-            mark = time.perf_counter()
-        end_of_epoch = done % spe == 0 or done == total
-        if done % cfg.log_every_steps == 0 or end_of_epoch:
-            mark = _log_window(run, writer, progress, done - start, done, window_sums, timing, mark)
-            window_sums = steps.zero_metrics()
-            if "images_per_sec" in timing:  # in the record, so a finished run still reports it
-                record.update(
-                    train_images_per_sec=timing["images_per_sec"],
-                    compile_seconds=timing["compile_seconds"],
-                )
-        if end_of_epoch:
-            record["last_train"] = steps.summarize(_host(epoch_sums))
-            writer.write(done, "train_epoch", {"epoch": run.epoch_of(done), **record["last_train"]})
-            epoch_sums = steps.zero_metrics()
-            metrics_for_best = None
-            if -(-done // spe) % cfg.eval_every_epochs == 0 or done == total:
-                record["last_test"] = run.evaluate_test()
-                writer.write(done, "test", {"epoch": run.epoch_of(done), **record["last_test"]})
-                metrics_for_best = {"test_accuracy": record["last_test"]["accuracy"]}
-                if run.is_main:
-                    tqdm.write(
-                        f"epoch {run.epoch_of(done):.2f}: test accuracy "
-                        f"{record['last_test']['accuracy']:.4f}, "
-                        f"loss {record['last_test']['loss']:.4f}"
-                    )
-            # Saved at evaluations (ranked among the best) and on the usual cadence: epochs of a
-            # few steps (fine-tuning on small data) would otherwise spend their time saving.
-            if metrics_for_best or done % cfg.checkpoint_every_steps == 0:
-                _save(run, done, record, epoch_sums, window_sums, metrics_for_best)
+    with progress, StopRequests() as stop:
+        for step in range(start, total):
+            run.state, metrics = run.train_fn(run.state, next(batches))
+            epoch_sums = steps.add_metrics(epoch_sums, metrics)
+            window_sums = steps.add_metrics(window_sums, metrics)
+            done = step + 1
+            if timing["compile_seconds"] is None:  # the first step compiles: keep it out of speed
+                jax.block_until_ready(run.state)
+                timing["compile_seconds"] = time.perf_counter() - mark
                 mark = time.perf_counter()
-        elif done % cfg.checkpoint_every_steps == 0:
-            _save(run, done, record, epoch_sums, window_sums, None)
-            mark = time.perf_counter()
-        progress.update(1)
-    progress.close()
+            end_of_epoch = done % spe == 0 or done == total
+            if done % cfg.log_every_steps == 0 or end_of_epoch:
+                mark = _log_window(
+                    run, writer, progress, done - start, done, window_sums, timing, mark
+                )
+                window_sums = steps.zero_metrics()
+                if "images_per_sec" in timing:  # in the record: a finished run still reports it
+                    record.update(
+                        train_images_per_sec=timing["images_per_sec"],
+                        compile_seconds=timing["compile_seconds"],
+                    )
+            if end_of_epoch:
+                record["last_train"] = steps.summarize(_host(epoch_sums))
+                writer.write(
+                    done, "train_epoch", {"epoch": run.epoch_of(done), **record["last_train"]}
+                )
+                epoch_sums = steps.zero_metrics()
+                if _end_of_epoch(run, writer, record, done, epoch_sums, window_sums):
+                    mark = time.perf_counter()
+            elif done % cfg.checkpoint_every_steps == 0:
+                _save(run, done, record, epoch_sums, window_sums, None)
+                mark = time.perf_counter()
+            progress.update(1)
+            if stop.should_stop(done):  # every step: processes must agree on where to stop
+                _stop(run, stop, done, record, epoch_sums, window_sums)
     return record
+
+
+def _end_of_epoch(run: Run, writer, record: dict, done: int, epoch_sums, window_sums) -> bool:
+    """Evaluates when due and saves; True when a checkpoint was saved."""
+    cfg, spe = run.config.train, run.steps_per_epoch
+    metrics_for_best = None
+    if -(-done // spe) % cfg.eval_every_epochs == 0 or done == run.total_steps:
+        metrics_for_best = _evaluate(run, writer, record, done)
+    # Saved at evaluations (ranked among the best) and on the usual cadence: epochs of a few
+    # steps (fine-tuning on small data) would otherwise spend their time saving.
+    if metrics_for_best or done % cfg.checkpoint_every_steps == 0:
+        _save(run, done, record, epoch_sums, window_sums, metrics_for_best)
+        return True
+    return False
+
+
+def _evaluate(run: Run, writer, record: dict, done: int) -> dict:
+    """Evaluates the test split into `record`; returns the metrics that rank the checkpoint."""
+    record["last_test"] = run.evaluate_test()
+    writer.write(done, "test", {"epoch": run.epoch_of(done), **record["last_test"]})
+    if run.is_main:
+        tqdm.write(
+            f"epoch {run.epoch_of(done):.2f}: test accuracy "
+            f"{record['last_test']['accuracy']:.4f}, loss {record['last_test']['loss']:.4f}"
+        )
+    return {"test_accuracy": record["last_test"]["accuracy"]}
+
+
+def _stop(run: Run, stop: StopRequests, done: int, record, epoch_sums, window_sums) -> None:
+    """Saves step `done` (unless just saved) and raises TrainingInterrupted."""
+    if run.checkpoints.latest_step() != done:
+        _save(run, done, record, epoch_sums, window_sums, None)
+    run.checkpoints.wait()
+    raise TrainingInterrupted(
+        f"interrupted by {stop.signal_name} at step {done} of {run.total_steps}: checkpoint "
+        f"{done} is saved in {run.checkpoints.directory}; rerun the same command to resume",
+        signal_number=stop.signal_number,
+        step=done,
+    )
+
+
+def _raise_if_diverged(run: Run, sums: dict[str, float]) -> None:
+    """TrainingDiverged, naming the first non-finite step and the last good checkpoint, when
+    `sums` (train metric sums on the host) counted a non-finite step."""
+    if not sums.get("nonfinite_steps"):
+        return
+    first = int(sums["first_nonfinite_step"])
+    latest, best = run.checkpoints.latest_step(), run.checkpoints.best_step()
+    if latest is None:
+        saved = "no checkpoint was saved before it"
+        resume = "rerun in a new --workdir"
+    else:
+        best_note = f", the best is step {best}" if best is not None and best != latest else ""
+        saved = f"the last good checkpoint is step {latest}{best_note}"
+        resume = (
+            f"rerun in a new --workdir, or here with --allow_config_change to continue from "
+            f"step {latest}"
+        )
+    raise TrainingDiverged(
+        f"training diverged: the loss or gradient norm became non-finite at step {first}, and "
+        f"nothing after it was saved ({saved}): lower --config.optimizer.learning_rate or set "
+        f"--config.optimizer.grad_clip_norm, then {resume}"
+    )
 
 
 def _log_window(run, writer, progress, steps_run, done, window_sums, timing, mark) -> float:
     """Writes the mean loss/accuracy since the last log step; updates the speed in `timing`."""
-    window = steps.summarize(_host(window_sums))  # the only host sync between evaluations
+    host_sums = _host(window_sums)  # the only host sync between evaluations
+    window = steps.summarize(host_sums)
     now = time.perf_counter()
     timed = steps_run - 1 - timing["timed_steps"]  # the first step (compilation) is not timed
     timing["timed_steps"] += timed
@@ -342,18 +259,23 @@ def _log_window(run, writer, progress, steps_run, done, window_sums, timing, mar
         img_s=f"{speed:,.0f}",
         refresh=False,
     )
+    _raise_if_diverged(run, host_sums)  # after the window's record: the curve shows it
     return now
 
 
 def _save(run: Run, step: int, record: dict, epoch_sums, window_sums, metrics) -> None:
-    record.update(
-        signature=run.signature, epoch_sums=_host(epoch_sums), window_sums=_host(window_sums)
-    )
+    """Saves the state at `step` with the record and sums that make a resume exact; never a
+    state that a non-finite step touched."""
+    epoch, window = _host(epoch_sums), _host(window_sums)
+    _raise_if_diverged(run, epoch)
+    _raise_if_diverged(run, window)
+    record.update(signature=run.signature, epoch_sums=epoch, window_sums=window)
     run.checkpoints.save(step, run.state, dict(record), metrics=metrics)
 
 
 def _results(run: Run, record: dict, start: int, wall_seconds: float) -> dict:
     config, step = run.config, int(run.state.step)
+    best = run.checkpoints.best_step()
     test, train = record.get("last_test", {}), record.get("last_train", {})
     return {
         "model": config.model.name,
@@ -368,7 +290,11 @@ def _results(run: Run, record: dict, start: int, wall_seconds: float) -> dict:
         "epochs": run.epoch_of(step),
         "steps": step,
         "resumed_from_step": start,
-        "best_checkpoint_step": run.checkpoints.best_step(),
+        "best_checkpoint_step": best,
+        "best_test_accuracy": (run.checkpoints.metrics(best) or {}).get("test_accuracy")
+        if best is not None
+        else None,
+        "config_changes": config_history.accepted_changes(run.workdir),
         "num_params": count_params(run.state.params),
         "wall_seconds": wall_seconds,  # of this invocation, set-up and evaluation included
         "train_images_per_sec": record.get("train_images_per_sec"),

@@ -41,6 +41,15 @@ def git_revision() -> str | None:
     return (revision + ("+dirty" if dirty else "")) or None
 
 
+def cpu_threads() -> int:
+    """The CPUs this process may run on, which size XLA:CPU's thread pools. Float reductions
+    split across threads add in a different order, so on CPU a run's numbers depend on it."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no sched_getaffinity (macOS)
+        return os.cpu_count() or 1
+
+
 def environment() -> dict:
     """Device, host and software facts to store beside every result."""
     device = jax.devices()[0]
@@ -48,6 +57,7 @@ def environment() -> dict:
         "device_kind": device.device_kind,
         "platform": device.platform,
         "device_count": jax.device_count(),
+        "cpu_threads": cpu_threads(),
         "python": platform.python_version(),
         "host": platform.node(),
         "versions": library_versions(),

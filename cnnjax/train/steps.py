@@ -167,6 +167,23 @@ def step_metrics(logits, losses, labels) -> Metrics:
     }
 
 
+# "No non-finite step yet": a float32 step count far beyond any run (exact up to 2**24 steps).
+NO_STEP = float(2**31)
+# Metric sums combined by minimum instead of addition.
+MIN_METRICS = ("first_nonfinite_step",)
+
+
+def finiteness_metrics(loss_sum: jax.Array, grads, step: jax.Array) -> Metrics:
+    """Whether this step's loss and gradient norm are finite, as metric sums: the count of
+    non-finite steps and the first such step (1-based, NO_STEP when none). The loop reads them
+    at its log steps and stops a diverged run before it saves anything."""
+    finite = jnp.isfinite(loss_sum) & jnp.isfinite(optax.tree.norm(grads))
+    return {
+        "nonfinite_steps": jnp.where(finite, 0.0, 1.0).astype(jnp.float32),
+        "first_nonfinite_step": jnp.where(finite, NO_STEP, step + 1).astype(jnp.float32),
+    }
+
+
 def apply_update(state: TrainState, grads, batch_stats, ema_decay: float) -> TrainState:
     """The optimizer step, the new batch statistics and the EMA of the weights."""
     state = state.apply_gradients(grads=grads)
@@ -209,8 +226,9 @@ def train_step(
         label_smoothing=label_smoothing,
         compute_dtype=compute_dtype,
     )
-    state = apply_update(state, grads, batch_stats, ema_decay)
-    return state, step_metrics(logits, losses, batch["label"])
+    metrics = step_metrics(logits, losses, batch["label"])
+    metrics.update(finiteness_metrics(metrics["loss_sum"], grads, state.step))
+    return apply_update(state, grads, batch_stats, ema_decay), metrics
 
 
 def eval_step(
@@ -254,13 +272,19 @@ def eval_step(
 
 
 def add_metrics(total: Metrics, new: Metrics) -> Metrics:
-    """Elementwise sum of two metric dicts (kept on device: no host sync)."""
-    return jax.tree.map(jnp.add, total, new)
+    """Elementwise sum of two metric dicts, the minimum for MIN_METRICS (kept on device: no
+    host sync)."""
+    return {
+        key: (jnp.minimum if key in MIN_METRICS else jnp.add)(total[key], new[key]) for key in total
+    }
 
 
 def zero_metrics() -> Metrics:
-    """Empty metric sums."""
-    return {k: jnp.zeros((), jnp.float32) for k in ("loss_sum", "correct", "count")}
+    """Empty metric sums of the train step."""
+    sums = {k: jnp.zeros((), jnp.float32) for k in ("loss_sum", "correct", "count")}
+    sums["nonfinite_steps"] = jnp.zeros((), jnp.float32)
+    sums["first_nonfinite_step"] = jnp.full((), NO_STEP, jnp.float32)
+    return sums
 
 
 def summarize(sums: dict) -> dict[str, float]:

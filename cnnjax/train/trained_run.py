@@ -19,7 +19,7 @@ from cnnjax import parallel
 from cnnjax.config_base import get_base_config
 from cnnjax.errors import UserError
 from cnnjax.train.checkpoints import RunCheckpoints
-from cnnjax.train.loop import Run
+from cnnjax.train.run import Run
 from cnnjax.train.state import TrainState
 
 CONFIG_FILE = "config.json"
@@ -113,12 +113,14 @@ def load_trained_run(
     workdir = os.path.abspath(workdir)
     config = config or read_run_config(workdir)
     # A bad `checkpoint` fails before the data are loaded (seconds to minutes for big splits).
-    checkpoints = RunCheckpoints(workdir, keep_best=config.train.keep_best_checkpoints)
+    checkpoints = RunCheckpoints(
+        workdir, keep_best=config.train.keep_best_checkpoints, read_only=True
+    )
     try:
         step = resolve_checkpoint(checkpoints, checkpoint)
     finally:
         checkpoints.close()
-    run = Run(config, workdir)
+    run = Run(config, workdir, read_only=True)
     initial_params = run.state.params
     abstract = parallel.with_sharding(
         jax.eval_shape(lambda s: s, run.state), parallel.replicated(run.mesh)

@@ -1,0 +1,192 @@
+"""A run's workdir as a place on disk: created or refused with one line, held by one `cnnjax
+train` at a time, and written atomically so that a crash or a full disk never leaves half a file.
+
+The lock is an exclusive `flock` on `<workdir>/.train.lock`, which the kernel drops when the
+holding process ends however it ends (kill -9 included): a stale lock file never blocks. The file
+names the holder (pid, host, start time) for the message the next process prints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import errno
+import fcntl
+import json
+import math
+import os
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+from cnnjax.errors import UserError
+
+LOCK_FILE = ".train.lock"
+# Workdirs whose lock this process holds, with a count: `cnnjax train` takes the lock before
+# its heavy imports and train_and_evaluate takes it again (a second flock would block).
+_HELD: dict[str, int] = {}
+
+
+def _errno_of(error: BaseException) -> int | None:
+    """The errno of `error` or of an OSError it was raised from (tensorstore wraps them)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno:
+            return error.errno
+        text = str(error)
+        if "No space left on device" in text:
+            return errno.ENOSPC
+        if "Read-only file system" in text:
+            return errno.EROFS
+        if "Permission denied" in text:
+            return errno.EACCES
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def write_failure(what: str, path: str, error: BaseException, resume_hint: str) -> UserError:
+    """One line for a failed write of `what` to `path`: a full disk, a read-only or unwritable
+    folder, or anything else, with what to do about it."""
+    code = _errno_of(error)
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        cause = "no space left on the device"
+        fix = "free space (or move the workdir to a larger disk)"
+    elif code in (errno.EROFS, errno.EACCES, errno.EPERM):
+        cause = "the folder is read-only" if code == errno.EROFS else "permission denied"
+        fix = "make it writable"
+    else:
+        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+        cause = f"{type(error).__name__}: {first}"
+        fix = "fix the cause"
+    return UserError(f"cannot write {what} to {path} ({cause}): {fix}, then {resume_hint}")
+
+
+def make_workdir(workdir: str) -> None:
+    """Creates `workdir` (and its parents); a path that is a file or cannot be created is one
+    line."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise UserError(f"--workdir={workdir} is a file, not a folder: give a folder path")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(
+            f"--workdir={workdir} cannot be created: a part of its path is a file"
+        ) from None
+    except OSError as error:
+        raise write_failure("the workdir", workdir, error, "rerun the command") from None
+
+
+def ensure_writable(folder: str, what: str) -> None:
+    """Fails with one line, before any work, when `folder` cannot take new files."""
+    probe = os.path.join(folder, f".cnnjax-write-check-{os.getpid()}")
+    try:
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as error:
+        raise write_failure(what, folder, error, "rerun the command") from None
+
+
+@contextlib.contextmanager
+def hold(workdir: str) -> Iterator[None]:
+    """Holds the workdir's lock for the block; another holder is one line naming it."""
+    key = os.path.realpath(workdir)
+    if key in _HELD:
+        _HELD[key] += 1
+        try:
+            yield
+        finally:
+            _HELD[key] -= 1
+        return
+    path = os.path.join(workdir, LOCK_FILE)
+    handle = _lock(path, workdir)
+    with handle:
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": datetime.datetime.now().isoformat(timespec="seconds"),
+        }
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps(holder) + "\n")
+        handle.flush()
+        _HELD[key] = 1
+        try:
+            yield
+        finally:
+            del _HELD[key]
+            # Removed while still locked, so that a run that ends (or is refused) leaves the
+            # workdir as it found it; a killed one leaves a file whose lock is already gone.
+            with contextlib.suppress(OSError):
+                os.remove(path)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _lock(path: str, workdir: str):
+    """The open lock file, locked by this process; UserError naming another holder."""
+    while True:
+        try:
+            # "a+", not "w": opening must not erase the holder's name before the lock is ours.
+            handle = open(path, "a+")  # noqa: SIM115 (the caller closes it)
+        except OSError as error:
+            raise write_failure("the lock file", workdir, error, "rerun the command") from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = _describe(handle.read())
+            handle.close()
+            raise UserError(
+                f"{workdir} is in use by another `cnnjax train` ({holder}): "
+                "wait for it to finish or stop it, or give another --workdir"
+            ) from None
+        try:  # a holder may have removed the file between our open and our lock: try again
+            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                return handle
+        except FileNotFoundError:
+            pass
+        handle.close()
+
+
+def _describe(text: str) -> str:
+    try:
+        holder = json.loads(text)
+        return f"pid {holder['pid']} on {holder['host']}, since {holder['since']}"
+    except (ValueError, KeyError, TypeError):
+        return "a process that has not written its name yet"
+
+
+def strict_json(value: Any) -> Any:
+    """`value` with every non-finite float replaced by None: strict JSON has no NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
+def write_atomically(path: str, text: str, *, resume_hint: str = "rerun the command") -> None:
+    """Writes `text` to `path` through a temporary file and a rename: readers and crashes see
+    the old file or the new one, never half of one; a failed write leaves the old file."""
+    temporary = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(temporary, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise write_failure(
+            os.path.basename(path), os.path.dirname(path), error, resume_hint
+        ) from None
+
+
+def write_json(path: str, value: Any, **kwargs) -> None:
+    """Strict JSON (NaN and infinities as null), sorted and indented, written atomically."""
+    text = json.dumps(strict_json(value), indent=2, sort_keys=True, allow_nan=False)
+    write_atomically(path, text + "\n", **kwargs)
