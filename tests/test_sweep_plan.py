@@ -147,3 +147,14 @@ def test_local_workers_get_disjoint_core_slots():
     assert core_slots(2, cores=[0, 1, 2, 3, 4]) == [(0, 1), (2, 3)]
     assert core_slots(1, cores=[3, 1]) == [(1, 3)]
     assert core_slots(3, cores=[0, 1]) == [(0,), (1,), (0,)]  # more workers than cores: shared
+
+
+def test_keys_added_to_cnnjax_later_keep_the_run_ids_of_existing_sweeps():
+    from cnnjax.config_base import get_base_config
+    from cnnjax.sweep.plan import config_hash
+
+    config = get_base_config()
+    # The hash of the base config before optimizer.allow_lr_increase existed (cnnjax c316b4f).
+    assert config_hash(config) == "e9ca3f2c"
+    config.optimizer.allow_lr_increase = True  # away from its default it is part of the id
+    assert config_hash(config) != "e9ca3f2c"
