@@ -13,6 +13,7 @@ before anything diverged is saved (TrainingDiverged); every file is written atom
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -61,21 +62,13 @@ def train_and_evaluate(
     workdirs.make_workdir(workdir)
     # On many hosts the first process holds the lock for the run; the others follow it.
     is_main = jax.process_index() == 0
-    with workdirs.hold(workdir) if is_main else _nothing():
+    with workdirs.hold(workdir) if is_main else contextlib.nullcontext():
         try:
             return _train_and_evaluate(config, workdir, allow_config_change, wall_start)
         except OSError as error:  # a write outside the checkpoints: metrics, plots, results
             raise write_failure(
                 "the run's files", workdir, error, "rerun the same command to resume"
             ) from None
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc_info):
-        return False
 
 
 def _saved_steps(workdir: str) -> list[int]:
