@@ -94,3 +94,23 @@ def tmpfs(path, size: str):
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def start_distributed(train_args, port: int, *, num_processes: int = 2, **popen) -> list:
+    """`cnnjax train TRAIN_ARGS --distributed` as `num_processes` processes on 127.0.0.1:`port`
+    (gloo on CPU); `popen` sets their output (stdout/stderr/text)."""
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "cnnjax.cli", "train", *train_args, "--distributed"],
+            env=dict(
+                os.environ,
+                TFDS_DATA_DIR=TEST_DATA_DIR,
+                CNNJAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                CNNJAX_NUM_PROCESSES=str(num_processes),
+                CNNJAX_PROCESS_ID=str(index),
+            ),
+            cwd=ROOT,
+            **popen,
+        )
+        for index in range(num_processes)
+    ]

@@ -8,12 +8,11 @@ import random
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import orbax.checkpoint as ocp
-from conftest import RECIPE, ROOT, TEST_DATA_DIR
+from conftest import RECIPE, start_distributed
 
 # Momentum SGD, as in tests/test_parallel.py; 60 steps, checkpoints every 7 steps and per epoch.
 COMMON = (
@@ -26,24 +25,13 @@ VOLATILE = {"wall_seconds", "train_images_per_sec", "compile_seconds", "resumed_
 
 
 def _start(workdir, port: int) -> list[subprocess.Popen]:
-    return [
-        subprocess.Popen(
-            [sys.executable, "-m", "cnnjax.cli", "train", *COMMON, f"--workdir={workdir}"]
-            + ["--distributed"],
-            env=dict(
-                os.environ,
-                TFDS_DATA_DIR=TEST_DATA_DIR,
-                CNNJAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                CNNJAX_NUM_PROCESSES="2",
-                CNNJAX_PROCESS_ID=str(index),
-            ),
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for index in range(2)
-    ]
+    return start_distributed(
+        [*COMMON, f"--workdir={workdir}"],
+        port,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _finish(processes) -> list[str]:

@@ -16,7 +16,7 @@ import pytest
 from cnnjax import models
 from cnnjax.train import steps
 from cnnjax.train.state import create_train_state
-from tests.conftest import RECIPE, ROOT, TEST_DATA_DIR, run_cnnjax
+from tests.conftest import RECIPE, ROOT, TEST_DATA_DIR, run_cnnjax, start_distributed
 
 PROBE = os.path.join(ROOT, "tests", "parallel_probe.py")
 
@@ -102,31 +102,13 @@ def test_two_processes_train_like_one(tmp_path, data_dir):
     assert single.returncode == 0, single.stderr[-2000:]
     workdir = str(tmp_path / "multi")
     port = 12000 + os.getpid() % 20000
-    processes = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cnnjax.cli",
-                "train",
-                *common,
-                f"--workdir={workdir}",
-                "--distributed",
-            ],
-            env=dict(
-                os.environ,
-                TFDS_DATA_DIR=TEST_DATA_DIR,
-                CNNJAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                CNNJAX_NUM_PROCESSES="2",
-                CNNJAX_PROCESS_ID=str(index),
-            ),
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for index in range(2)
-    ]
+    processes = start_distributed(
+        [*common, f"--workdir={workdir}"],
+        port,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     outputs = [p.communicate(timeout=300)[0] for p in processes]
     assert [p.returncode for p in processes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
     assert "test accuracy" in outputs[0] and "test accuracy" not in outputs[1]

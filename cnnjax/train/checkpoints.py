@@ -23,7 +23,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from cnnjax.errors import UserError
-from cnnjax.train.workdir import write_failure
+from cnnjax.train.workdir import CHECKPOINT_DIR, finished_checkpoint_steps, write_failure
 
 BEST_METRIC = "test_accuracy"
 
@@ -94,7 +94,8 @@ class RunCheckpoints:
     """
 
     def __init__(self, workdir: str, *, keep_best: int, read_only: bool = False):
-        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self.workdir = os.path.abspath(workdir)
+        self.directory = os.path.join(self.workdir, CHECKPOINT_DIR)
         policy = checkpoint_managers.AnyPreservationPolicy(
             [checkpoint_managers.LatestN(n=1), BestOfRanked(n=keep_best)]
         )
@@ -147,7 +148,9 @@ class RunCheckpoints:
                 force=True,
             )
         except Exception as error:  # noqa: BLE001 (a failed earlier async save surfaces here)
-            unfinished = previous >= 0 and previous not in self._finished_steps()
+            unfinished = previous >= 0 and previous not in finished_checkpoint_steps(
+                os.path.dirname(self.directory)
+            )
             raise self._write_failure(previous if unfinished else step, error) from None
 
     def restore(self, step: int, abstract_state: Any, signature: dict) -> tuple[Any, dict]:
@@ -217,14 +220,8 @@ class RunCheckpoints:
             "a new --workdir (nothing was deleted)"
         )
 
-    def _finished_steps(self) -> list[int]:
-        # From the folder names, not Orbax's list: that one may hold the step that failed.
-        if not os.path.isdir(self.directory):
-            return []
-        return sorted(int(name) for name in os.listdir(self.directory) if name.isdigit())
-
     def _write_failure(self, step: int, error: BaseException) -> UserError:
-        latest = [s for s in self._finished_steps() if s != step]
+        latest = [s for s in finished_checkpoint_steps(self.workdir) if s != step]
         hint = (
             f"rerun the same command to resume from step {latest[-1]}"
             if latest

@@ -71,18 +71,10 @@ def train_and_evaluate(
             ) from None
 
 
-def _saved_steps(workdir: str) -> list[int]:
-    """Steps with a finished checkpoint folder, read without opening Orbax (a quick check)."""
-    folder = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(folder):
-        return []
-    return sorted(int(name) for name in os.listdir(folder) if name.isdigit())
-
-
 def _train_and_evaluate(config, workdir: str, allow_config_change: bool, wall_start: float):
     if config.train.compilation_cache_dir:
         fast_paths.enable_compilation_cache(config.train.compilation_cache_dir)
-    saved = _saved_steps(workdir)
+    saved = workdirs.finished_checkpoint_steps(workdir)
     changes = {}
     if saved:  # before the data load: a refused resume costs nothing
         changes = config_history.check_resume(

@@ -22,6 +22,7 @@ from typing import Any
 from cnnjax.errors import UserError
 
 LOCK_FILE = ".train.lock"
+CHECKPOINT_DIR = "checkpoints"
 # Workdirs whose lock this process holds, with a count: `cnnjax train` takes the lock before
 # its heavy imports and train_and_evaluate takes it again (a second flock would block).
 _HELD: dict[str, int] = {}
@@ -81,8 +82,7 @@ def ensure_writable(folder: str, what: str) -> None:
     """Fails with one line, before any work, when `folder` cannot take new files."""
     probe = os.path.join(folder, f".cnnjax-write-check-{os.getpid()}")
     try:
-        with open(probe, "w"):
-            pass
+        open(probe, "w").close()  # noqa: SIM115 (created and closed at once)
         os.remove(probe)
     except OSError as error:
         raise write_failure(what, folder, error, "rerun the command") from None
@@ -141,11 +141,10 @@ def _lock(path: str, workdir: str):
                 f"{workdir} is in use by another `cnnjax train` ({holder}): "
                 "wait for it to finish or stop it, or give another --workdir"
             ) from None
-        try:  # a holder may have removed the file between our open and our lock: try again
+        # A holder may have removed the file between our open and our lock: then try again.
+        with contextlib.suppress(FileNotFoundError):
             if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
                 return handle
-        except FileNotFoundError:
-            pass
         handle.close()
 
 
@@ -190,3 +189,12 @@ def write_json(path: str, value: Any, **kwargs) -> None:
     """Strict JSON (NaN and infinities as null), sorted and indented, written atomically."""
     text = json.dumps(strict_json(value), indent=2, sort_keys=True, allow_nan=False)
     write_atomically(path, text + "\n", **kwargs)
+
+
+def finished_checkpoint_steps(workdir: str) -> list[int]:
+    """Steps whose checkpoint folder is complete (Orbax renames a step's temporary folder to
+    its number when the save commits), read from the folder names without opening Orbax."""
+    folder = os.path.join(workdir, CHECKPOINT_DIR)
+    if not os.path.isdir(folder):
+        return []
+    return sorted(int(name) for name in os.listdir(folder) if name.isdigit())
