@@ -182,9 +182,11 @@ def _machine() -> dict:
 def main(argv):
     del argv
     if _CHILD.value:
-        if os.environ.get("CNNJAX_SUITE_CACHE"):
-            from cnnjax import fast_paths
+        from cnnjax import fast_paths
 
+        # In the child only: the parent's XLA_FLAGS pass to every child, plain ones included.
+        fast_paths.enable()
+        if os.environ.get("CNNJAX_SUITE_CACHE"):
             fast_paths.enable_compilation_cache(os.environ["CNNJAX_SUITE_CACHE"])
         result = _child(_CHILD.value, _MODELS.value[0], _WINDOWS.value)
         print(json.dumps(result))

@@ -7,7 +7,8 @@ Prints, per model, the seconds of the first step (tracing + compilation + one st
 median images/s over several timed windows of jitted steps after warm-up, with the state donated
 as in training. The optimizer is SGD with momentum 0.9 (lr 0.01), the step the PyTorch twins in
 torch_reference.py time, so that benchmarks/suite.py can compare the two. Fast paths follow
-CNNJAX_FAST_PATHS (cnnjax/fast_paths.py); suite.py runs this once with them and once without.
+CNNJAX_FAST_PATHS (cnnjax/fast_paths.py): the YNNPACK flag, and the model's block convolutions
+and reshape pooling (its `layer_options`); suite.py runs this once with them and once without.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from absl import app, flags
 
 from cnnjax import fast_paths, models
 from cnnjax.config_base import get_base_config
-from cnnjax.train.loop import make_steps
+from cnnjax.models.layers import LayerOptions
 from cnnjax.train.optim import make_optimizer
+from cnnjax.train.run import make_steps
 from cnnjax.train.state import create_train_state
+from cnnjax.train.steps import StepOptions
 
 NUM_CLASSES = 10
 
@@ -55,12 +58,16 @@ def measure(
     optimizer = get_base_config().optimizer
     optimizer.name, optimizer.learning_rate, optimizer.momentum = "momentum", 0.01, 0.9
     tx = make_optimizer(optimizer, steps_per_epoch=100, total_steps=10_000)
-    options = {"num_classes": NUM_CLASSES}  # as the PyTorch twins (ResNet-18/50 default 1000)
+    fast = fast_paths.enabled_by_environment()
+    options = {
+        "num_classes": NUM_CLASSES,  # as the PyTorch twins (ResNet-18/50 default 1000)
+        "layer_options": LayerOptions(block_convolutions=fast, reshape_pooling=fast),
+    }
     if normalization:
         options["normalization"] = normalization
     shape = input_shape(name, image_size)
     state = create_train_state(models.create(name, **options), tx, input_shape=shape, seed=seed)
-    train_fn, _, _ = make_steps(num_classes=NUM_CLASSES, label_smoothing=0.0)
+    train_fn = make_steps(StepOptions(num_classes=NUM_CLASSES)).train
     rng = np.random.default_rng(seed)
     batch = jax.device_put(
         {
@@ -87,7 +94,7 @@ def measure(
         "model": name,
         "batch_size": batch_size,
         "image_shape": list(shape),
-        "fast_paths": fast_paths.enabled_by_environment(),
+        "fast_paths": fast,
         "first_step_seconds": first_step_seconds,
         "images_per_sec_median": statistics.median(speeds) if speeds else None,
         "images_per_sec": speeds,
@@ -96,6 +103,7 @@ def measure(
 
 def main(argv):
     del argv
+    fast_paths.enable()  # before the first computation starts JAX's backend
     if _CACHE.value:
         fast_paths.enable_compilation_cache(_CACHE.value)
     print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}")

@@ -27,7 +27,9 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cnnjax.errors import EXIT_USER_ERROR, TrainingInterrupted, UserError
+from cnnjax import fast_paths
+from cnnjax.config_loader import check_loaded, is_unreadable, parse_error_message
+from cnnjax.errors import EXIT_USER_ERROR, TrainingInterrupted, UserError, for_command_line
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Recipe file, e.g. configs/lenet5_fashion_mnist.py or file.py:arg=value."
@@ -89,73 +91,33 @@ USAGE = (
 
 
 def _fail(command: str, message: str, status: int = EXIT_USER_ERROR) -> None:
-    print(f"cnnjax {command}: error: {message}", file=sys.stderr)
+    print(f"cnnjax {command}: error: {for_command_line(message)}", file=sys.stderr)
     sys.exit(status)
 
 
 def _parse_flags(argv: list[str], command: str) -> list[str]:
     """absl's parser, but a bad flag or override is one line, not a usage dump."""
-    import types
-
-    from ml_collections import ConfigDict
-
     try:
         remaining = flags.FLAGS(argv)
-    except UserError as error:
-        _fail(command, str(error))
-    except (KeyError, AttributeError, flags.UnrecognizedFlagError) as error:
-        module = getattr(error, "obj", None)
-        if getattr(error, "name", None) == "get_config" and isinstance(module, types.ModuleType):
-            # ml_collections calls module.get_config() without checking that the file has one.
-            _fail(
-                command,
-                f"{module.__file__} defines no get_config(): a recipe file defines "
-                "get_config(arg=None) returning an ml_collections.ConfigDict "
-                "(see configs/lenet5_fashion_mnist.py)",
-            )
-        _fail(
-            command,
-            f"unknown flag or config key ({_first_line(error)}): check the key against "
-            "the config file (overrides cannot add keys) or see --helpfull",
-        )
-    except flags.Error as error:
-        text = str(error).strip()
-        if "Error whilst parsing config file" in text:  # the config's own exception, last line
-            _fail(command, f"cannot load --config ({text.splitlines()[-1].strip()})")
-        _fail(command, f"{_first_line(error)} (check the flag's value; --helpfull lists flags)")
     except Exception as error:  # noqa: BLE001 (anything raised while running get_config)
-        _fail(command, f"cannot load --config ({type(error).__name__}: {_first_line(error)})")
+        _fail(command, parse_error_message(error, "--config"))
     config_flag = flags.FLAGS["config"]
-    value = config_flag.value
-    # ml_collections keeps whatever get_config() returned (it only logs a warning for None).
-    if config_flag.present and not isinstance(value, ConfigDict):
-        try:
-            getattr(value, "keys", None)
-        except OSError:  # a file that could not be read: reported by _config when first used
-            return remaining
+    # A file that could not be read is reported by _config when first used.
+    if config_flag.present and not is_unreadable(config_flag.value):
         path = config_flags.get_config_filename(config_flag).split(":", 1)[0]
-        _fail(
-            command,
-            f"cannot load --config {path}: get_config() returned {type(value).__name__}, "
-            "not an ml_collections.ConfigDict",
-        )
+        try:
+            check_loaded(config_flag.value, f"--config {path}")
+        except UserError as error:
+            _fail(command, str(error))
     return remaining
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _config(command: str = "train"):
     """The parsed config; a file that failed to load is reported when first used."""
     try:
-        config = _CONFIG.value
-        config.keys()
-    except OSError as error:
-        lines = [line.strip() for line in str(error).splitlines() if "Errno" in line]
-        _fail(command, f"cannot load --config: {lines[0] if lines else _first_line(error)}")
-    return config
+        return check_loaded(_CONFIG.value, "--config")
+    except UserError as error:
+        _fail(command, str(error))
 
 
 def _train(argv: list[str]) -> None:
@@ -179,9 +141,12 @@ def _train(argv: list[str]) -> None:
         with lock:
             from cnnjax.train import train_and_evaluate  # heavy imports only for this command
 
+            if config.train.compilation_cache_dir:  # the command line's choice, not the library's
+                fast_paths.enable_compilation_cache(config.train.compilation_cache_dir)
+
             results = train_and_evaluate(
                 config, workdir, allow_config_change=_ALLOW_CONFIG_CHANGE.value
-            )
+            ).results
     finally:
         if created and os.path.isdir(workdir) and not os.listdir(workdir):
             with contextlib.suppress(OSError):  # refused before writing: leave no empty folder
@@ -209,7 +174,7 @@ def _sweep(argv: list[str]) -> None:
         _fail("sweep", f"--workers={_WORKERS.value}: give at least 1")
     config = _config("sweep")
     from cnnjax.sweep import command
-    from launch.slurm import SlurmOptions
+    from cnnjax.sweep.slurm_executor import SlurmOptions
 
     slurm_options = SlurmOptions(
         partition=_SLURM_PARTITION.value,
@@ -376,7 +341,7 @@ def _main(argv: list[str], command: str) -> None:
     try:
         COMMANDS[command](argv)
     except TrainingInterrupted as error:  # not a failure: the step is saved, rerun resumes
-        print(f"cnnjax {command}: {error}", file=sys.stderr)
+        print(f"cnnjax {command}: {for_command_line(str(error))}", file=sys.stderr)
         sys.exit(error.exit_status)
     except UserError as error:  # and TrainingDiverged (exit status 3)
         _fail(command, str(error), error.exit_status)
@@ -384,6 +349,8 @@ def _main(argv: list[str], command: str) -> None:
 
 def run() -> None:
     """Entry point of the `cnnjax` console script."""
+    # First, before anything starts JAX's backend, which reads XLA_FLAGS once.
+    fast_paths.enable()
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
         print(USAGE, file=sys.stderr)
         sys.exit(2)

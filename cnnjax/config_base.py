@@ -23,6 +23,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.model.dropout_rate = 0.0
     # Further family-specific options (e.g. {"pooling": "average"}) passed to models.create.
     config.model.options = ml_collections.ConfigDict()
+    # Block convolutions and pooling by reshape (LayerOptions, cnnjax/models/layers.py): the same
+    # function in forms XLA:CPU runs faster, but other float32 roundings, so a config key (part
+    # of the run's math and of what jit caches) rather than a switch read while tracing.
+    config.model.fast_paths = True
 
     config.data = ml_collections.ConfigDict()
     config.data.name = "fashion_mnist"
@@ -81,7 +85,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.train.compute_dtype = "float32"
     config.train.grad_accum_steps = 1  # micro-batches per step (data.batch_size is the total)
     config.train.ema_decay = 0.0  # > 0: keep an EMA of the weights and evaluate it too
-    # Compiled steps are kept here and reused by later runs of the same program ("" disables).
+    # `cnnjax train` keeps compiled steps here for later runs of the same program ("" disables);
+    # the Python API leaves the process-wide cache alone (fast_paths.enable_compilation_cache).
+    # ~/.cache stands for $XDG_CACHE_HOME when that is set (the test suite keeps its own).
     config.train.compilation_cache_dir = "~/.cache/cnnjax/xla"
 
     # Fine-tuning: start from the weights of another run instead of a fresh initialization.

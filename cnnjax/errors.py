@@ -11,6 +11,8 @@ Exit statuses of `cnnjax train` (documented in the README):
          shell's convention for "ended by a signal")
 """
 
+import re
+
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 
@@ -43,3 +45,20 @@ class TrainingInterrupted(UserError):
     @property
     def exit_status(self) -> int:  # type: ignore[override]
         return 128 + self.signal_number
+
+
+# "config.data.batch_size" in a message, not "--config.data..." (already a flag), config.json or
+# a path ending in config.py.
+_CONFIG_KEY = re.compile(r"(?<![\w./-])config\.(?!(?:json|py)\b)(?=[a-z_])")
+
+
+def for_command_line(message: str) -> str:
+    """`message` as the command line prints it: the library names config keys
+    (`config.data.batch_size`), which on the command line are `--config.data.batch_size`."""
+    return _CONFIG_KEY.sub("--config.", message)
+
+
+def describe(error: BaseException) -> str:
+    """`Type: first line of the message`, for one-line errors."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else 'no details'}"

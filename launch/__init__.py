@@ -1,6 +1,6 @@
-"""Ways to start runs: `local` (a sweep's runs as concurrent pinned processes), `slurm` (a
-sweep as a job array), `multihost` (one run over several processes, hosts or TPU VM workers).
+"""Runnable scripts that start runs; they import cnnjax, never the reverse, and are not installed.
 
-`cnnjax sweep --launcher=NAME` picks local or slurm; `python -m launch.multihost` starts a
-multi-host run; see launch/README.md.
+`python -m launch.multihost` (from the checkout) starts one run over several processes, hosts or
+TPU VM workers; see launch/README.md. A sweep's executors (`cnnjax sweep --launcher=local|slurm`)
+live in cnnjax/sweep.
 """

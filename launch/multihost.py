@@ -12,7 +12,8 @@ arguments, which reads the layout from SLURM's variables or the Cloud TPU metada
 prints the exact commands (or the sbatch script) and starts nothing.
 
 Each launcher is a pure function that returns its commands or script (`local_commands`,
-`slurm_script`, `tpu_vm_commands`); the dry run prints what the real launch runs. The trainer
+`tpu_vm_commands`, and `slurm_script` in launch/multihost_slurm.py); the dry run prints what the
+real launch runs. The trainer
 resumes from the run's last checkpoint, so a restart (a rerun, a SLURM requeue) continues the run.
 """
 
@@ -22,7 +23,6 @@ import contextlib
 import ctypes
 import os
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
@@ -81,11 +81,13 @@ def distributed_args(train_args: Sequence[str]) -> list[str]:
     return ["--distributed", *rest]
 
 
-def _train_prefix(python: str) -> list[str]:
+def train_prefix(python: str) -> list[str]:
+    """`python -m cnnjax.cli train`: what each launched process runs, before its arguments."""
     return [python, "-m", "cnnjax.cli", "train"]
 
 
-def _at_least(value: int, minimum: int, flag: str, why: str = "") -> None:
+def check_at_least(value: int, minimum: int, flag: str, why: str = "") -> None:
+    """Raises UserError unless `value` >= `minimum` (the option `--flag`; `why` ends the line)."""
     if value < minimum:
         raise UserError(f"--{flag} must be at least {minimum} (got {value}){why}")
 
@@ -110,11 +112,11 @@ def local_commands(
     CUDA_VISIBLE_DEVICES = its own slice of `gpu_ids` (default "0", "1", ...). The argv is
     `python -m cnnjax.cli train --distributed TRAIN_ARGS`, or `command_prefix` + the same args.
     """
-    _at_least(num_processes, 1, "num_processes")
-    _at_least(gpus_per_process, 0, "gpus_per_process")
+    check_at_least(num_processes, 1, "num_processes")
+    check_at_least(gpus_per_process, 0, "gpus_per_process")
     if not 1 <= port <= 65535:
         raise UserError(f"--port must be a TCP port, 1 to 65535 (got {port})")
-    argv = [*(command_prefix or _train_prefix(python)), *distributed_args(train_args)]
+    argv = [*(command_prefix or train_prefix(python)), *distributed_args(train_args)]
     needed = num_processes * gpus_per_process
     ids = list(gpu_ids) if gpu_ids is not None else [str(i) for i in range(needed)]
     if len(ids) < needed:
@@ -273,98 +275,6 @@ def _report_failure(rank, code, processes, logs, grace_seconds) -> int:
     if logs[rank]:
         print(_tail(logs[rank]), end="", file=sys.stderr)
     return _exit_status(code)
-
-
-# --- SLURM: one task per GPU over N nodes -----------------------------------------------------
-
-
-def slurm_script(
-    train_args: Sequence[str],
-    *,
-    nodes: int,
-    gpus_per_node: int,
-    log_dir: str,
-    cpus_per_task: int = 8,
-    time: str = "24:00:00",
-    partition: str = "",
-    job_name: str = "cnnjax",
-    setup: str = "",
-    python: str = sys.executable,
-    chdir: str = "",
-    signal_seconds: int = 120,
-) -> str:
-    """The sbatch script of one run over `nodes` x `gpus_per_node` processes, one per GPU.
-
-    Every task sees all of its node's GPUs (`--gpus-per-node`, not `--gpus-per-task`, which
-    would hide the others): `jax.distributed.initialize()` reads the layout from SLURM and gives
-    task $SLURM_LOCALID the GPU of that number. `--kill-on-bad-exit` ends the other tasks when
-    one fails (they would wait for it in a collective); a requeued job resumes from the run's last
-    checkpoint. The log is `log_dir/JOBNAME_JOBID.out`, appended across requeues; `chdir` (the
-    job's working directory, default: where sbatch runs) anchors relative paths in TRAIN_ARGS.
-
-    `signal_seconds` before the time limit every task gets SIGTERM (`--signal=TERM@N`, no `B:`:
-    the job step's tasks, not the batch shell); the processes agree on a step at JAX's preemption
-    sync point, save it and exit 143, and the script then requeues the job, which resumes the run.
-    """
-    _at_least(nodes, 1, "nodes")
-    _at_least(gpus_per_node, 1, "gpus_per_node", ": the job runs one process per GPU")
-    _at_least(cpus_per_task, 1, "cpus_per_task")
-    if not 1 <= signal_seconds <= 65535:  # SLURM's range for --signal's time
-        raise UserError(f"--signal_seconds must be 1 to 65535 (got {signal_seconds})")
-    for flag, path in (("log_dir", log_dir), ("chdir", chdir)):
-        if any(c.isspace() for c in path):  # #SBATCH lines are split at whitespace
-            raise UserError(f"--{flag} must have no spaces for #SBATCH: pick another ({path!r})")
-    directives = [
-        f"--job-name={job_name}",
-        f"--nodes={nodes}",
-        f"--ntasks-per-node={gpus_per_node}",
-        f"--gpus-per-node={gpus_per_node}",
-        f"--cpus-per-task={cpus_per_task}",
-        f"--time={time}",
-        f"--output={log_dir}/%x_%j.out",
-        "--open-mode=append",
-        "--requeue",
-        # Up to 60 s earlier than asked (SLURM's event resolution), never later.
-        f"--signal=TERM@{signal_seconds}",
-    ]
-    if partition:
-        directives.append(f"--partition={partition}")
-    if chdir:
-        directives.append(f"--chdir={chdir}")
-    train = [*_train_prefix(python), *distributed_args(train_args)]
-    lines = ["#!/bin/bash", *(f"#SBATCH {d}" for d in directives), "set -euo pipefail"]
-    if setup:
-        lines.append(setup)
-    lines += [
-        'echo "job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NODELIST"',
-        "# One process per GPU; JAX finds its coordinator, rank and GPU in SLURM's variables.",
-        # srun does not inherit sbatch's --cpus-per-task (SLURM >= 22.05): ask again.
-        "status=0",
-        shlex.join(["srun", "--kill-on-bad-exit=1", f"--cpus-per-task={cpus_per_task}", *train])
-        + " || status=$?",
-        # 143: the processes saved a step on --signal's SIGTERM (srun returns the highest status).
-        'if [ "$status" = 143 ]; then',
-        '  echo "job $SLURM_JOB_ID: the run saved its step and stopped; requeueing"',
-        '  scontrol requeue "$SLURM_JOB_ID" ||',
-        '    echo "job $SLURM_JOB_ID: requeue refused (cancelled?): submit again to resume"',
-        "fi",
-        'exit "$status"',
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def submit_slurm(script_path: str) -> str:
-    """Submits with sbatch; returns its output line (e.g. "Submitted batch job 123")."""
-    sbatch = shutil.which("sbatch")
-    if sbatch is None:
-        raise UserError(
-            f"sbatch is not on PATH: on a SLURM login node run `sbatch {script_path}` from this "
-            "checkout (--dry_run prints the script)"
-        )
-    result = subprocess.run([sbatch, script_path], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise UserError(f"sbatch failed: {(result.stderr or result.stdout).strip()}")
-    return result.stdout.strip()
 
 
 # --- Cloud TPU VM: one process per TPU host ---------------------------------------------------

@@ -20,10 +20,9 @@ from launch.multihost import (
     flag_value,
     local_commands,
     run_local,
-    slurm_script,
-    submit_slurm,
     tpu_vm_commands,
 )
+from launch.multihost_slurm import slurm_script, submit_slurm
 
 
 class _Parser(argparse.ArgumentParser):

@@ -4,12 +4,26 @@ import contextlib
 import os
 import subprocess
 import sys
+import types
 
 import pytest
+
+from cnnjax import fast_paths
+
+# The test process is an entry point like `cnnjax`: the same XLA flags as the `cnnjax train`
+# subprocesses it compares with bitwise, set before anything starts JAX's backend.
+fast_paths.enable()
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Tests prepare Fashion-MNIST here (about 20 s, once) rather than in the user's home.
 TEST_DATA_DIR = os.path.join(ROOT, ".cache", "tensorflow_datasets")
+# Caches of the suite's processes (cnnjax's JAX compilation cache, matplotlib's font list) stay
+# here too, never in the user's ~/.cache: subprocesses inherit the variable, which `cnnjax
+# train` reads for the default train.compilation_cache_dir (cnnjax/fast_paths.py).
+TEST_CACHE_HOME = os.path.join(ROOT, ".cache", "tests")
+os.environ["XDG_CACHE_HOME"] = TEST_CACHE_HOME
+# And this process's compilations too, shared with the `cnnjax` subprocesses of the suite.
+fast_paths.enable_compilation_cache(os.path.join(TEST_CACHE_HOME, "cnnjax", "xla"))
 RECIPE = os.path.join(ROOT, "configs", "lenet5_fashion_mnist.py")
 
 
@@ -36,25 +50,32 @@ def data_dir() -> str:
 
 
 @pytest.fixture(scope="session")
-def smoke_run(tmp_path_factory, data_dir) -> str:
-    """A finished run of the default recipe's `:smoke` variant, trained once per session and
-    shared by the evaluation and visualization tests (they only add files to it). Its 1,000 test
-    examples come in batches of 300, so the last evaluation batch is partial."""
+def smoke_training(tmp_path_factory, data_dir) -> types.SimpleNamespace:
+    """A finished run of the default recipe's `:smoke` variant, trained once per session in this
+    process through the Python API (`workdir`, `outcome`), shared by the evaluation and
+    visualization tests (they only add files to it). Its 1,000 test examples come in batches of
+    300, so the last evaluation batch is partial."""
+    from cnnjax import load_config, train_and_evaluate
+
     workdir = str(tmp_path_factory.mktemp("smoke_run") / "run")
-    result = run_cnnjax(
-        "train",
-        f"--config={RECIPE}:smoke",
-        f"--workdir={workdir}",
-        "--config.data.eval_batch_size=300",
-        f"--config.data.data_dir={data_dir}",
+    config = load_config(
+        f"{RECIPE}:smoke", {"data.eval_batch_size": 300, "data.data_dir": data_dir}
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return workdir
+    return types.SimpleNamespace(workdir=workdir, outcome=train_and_evaluate(config, workdir))
+
+
+@pytest.fixture(scope="session")
+def smoke_run(smoke_training) -> str:
+    """The workdir of `smoke_training`."""
+    return smoke_training.workdir
 
 
 # The run that the resume and interruption tests compare with: augmentation on, so that they
 # cover the order and augmentation of resumed batches; dropout on, so that they cover the
-# per-step keys. 60 steps, checkpoints every 7 steps and at each of the 3 epochs.
+# per-step keys. 60 steps, checkpoints every 7 steps and at each of the 3 epochs. (The steps cost
+# little, about 20 ms each: what costs is starting a `cnnjax train` process, 3-10 s, so the tests
+# interrupt a process and resume in this one. They also need the run to last long enough after
+# its first checkpoint for a signal at a random moment to come before its end.)
 RESUME_OVERRIDES = (
     "--config.data.augment.random_crop_padding=2",
     "--config.data.augment.horizontal_flip=True",
@@ -68,14 +89,52 @@ def resume_command(workdir) -> list[str]:
     return ["train", f"--config={RECIPE}:smoke", f"--workdir={workdir}", *RESUME_OVERRIDES]
 
 
+def resume_config():
+    """The config of `resume_command` for `cnnjax.train_and_evaluate` in this process: the same
+    but for its data folder, which the subprocesses take from TFDS_DATA_DIR (an operational key:
+    a resume may change it)."""
+    from cnnjax import load_config
+
+    overrides = [*RESUME_OVERRIDES, f"--config.data.data_dir={TEST_DATA_DIR}"]
+    return load_config(f"{RECIPE}:smoke", overrides)
+
+
 @pytest.fixture(scope="session")
 def reference_run(tmp_path_factory, data_dir):
-    """A finished uninterrupted run of `resume_command`, shared by the tests that interrupt the
-    same run and compare (they must not change it: copy it first)."""
+    """A finished uninterrupted run of `resume_command`, trained in this process (the same
+    numbers, bitwise, as the command's), shared by the tests that interrupt the same run and
+    compare (they must not change it: copy it first)."""
+    from cnnjax import train_and_evaluate
+
     workdir = tmp_path_factory.mktemp("reference") / "run"
-    result = run_cnnjax(*resume_command(workdir))
-    assert result.returncode == 0, result.stderr[-3000:]
+    train_and_evaluate(resume_config(), str(workdir))
     return workdir
+
+
+def signal_at_step(monkeypatch, step: int, number: int) -> None:
+    """Makes the next `train_and_evaluate` in this process send itself signal `number` right
+    after its train step `step` (counted from its first): the run's own handler stops it there,
+    as after a signal from outside, but at an exact step."""
+    import dataclasses
+    import itertools
+
+    from cnnjax.train import loop
+
+    make_steps = loop.make_steps
+
+    def make_steps_that_signal(*args, **kwargs):
+        compiled = make_steps(*args, **kwargs)
+        calls = itertools.count(1)
+
+        def train(state, batch):
+            outputs = compiled.train(state, batch)
+            if next(calls) == step:
+                os.kill(os.getpid(), number)
+            return outputs
+
+        return dataclasses.replace(compiled, train=train)
+
+    monkeypatch.setattr(loop, "make_steps", make_steps_that_signal)
 
 
 @contextlib.contextmanager

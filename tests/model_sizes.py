@@ -6,6 +6,10 @@ Test files import it as `from model_sizes import SMALL`: pytest puts this rootle
 (it has no __init__.py) on sys.path, both for `pytest tests/` and for a single file.
 """
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
 from cnnjax import models
 from cnnjax.models.registry import get_spec
 
@@ -31,3 +35,24 @@ for _name in models.list_models():
         SMALL[_name] = ((32, 32, 3), {"width": 4, "num_classes": 10})
     elif get_spec(_name).family.__name__ in ("CifarResNet", "WideResNet"):
         SMALL[_name] = ((16, 16, 3), {})
+
+
+def filled_variables(model, input_shape: tuple[int, ...], seed: int = 0) -> dict:
+    """Variables of the shapes `model.init` gives for inputs of `input_shape` (batch included),
+    filled on the host: kernels N(0, 1 / fan-in), scales and running variances 1, everything
+    else 0. Traced with `jax.eval_shape`, never compiled: Flax's `init` compiles one random
+    draw per parameter shape (seconds per model on 2 CPU cores), and the tests only need
+    well-scaled values."""
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros(input_shape), train=False)
+    )
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        name = path[-1].key
+        if name == "kernel":
+            fan_in = np.prod(leaf.shape[:-1])
+            return rng.standard_normal(leaf.shape).astype(np.float32) / np.sqrt(fan_in)
+        return np.full(leaf.shape, 1.0 if name in ("scale", "var") else 0.0, np.float32)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from jax import lax
 
-from cnnjax import fast_paths, models
+from cnnjax import models
 from cnnjax.models import conv_lowering
+from cnnjax.models.layers import LayerOptions
 
 NHWC = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
 
@@ -83,16 +84,18 @@ def test_the_rule_takes_lenet5_and_the_stem_and_leaves_wide_layers():
     )
 
 
-def test_conv_block_takes_the_block_form_only_while_fast_paths_are_on():
+def test_conv_block_takes_the_block_form_only_with_block_convolutions_on():
     """The wiring: LeNet-5's first layer (5x5, 1 -> 6) becomes a 3x3 convolution of 4 -> 24
-    channels inside a custom VJP; with fast paths off the model traces lax's convolution."""
+    channels inside a custom VJP; with `block_convolutions` off the model traces lax's
+    convolution."""
     model = models.create("lenet5")
     x = jnp.zeros((2, 28, 28, 1), jnp.float32)
     variables = model.init(jax.random.key(0), x, train=False)
 
-    def traced(fast: bool) -> str:
-        with fast_paths.use(fast):
-            return str(jax.make_jaxpr(lambda v: model.apply(v, x, train=False))(variables))
+    def traced(block_convolutions: bool) -> str:
+        options = LayerOptions(block_convolutions=block_convolutions)
+        clone = model.clone(layer_options=options)
+        return str(jax.make_jaxpr(lambda v: clone.apply(v, x, train=False))(variables))
 
     fast, plain = traced(True), traced(False)
     assert "custom_vjp_call" in fast and "f32[3,3,4,24]" in fast

@@ -1,7 +1,7 @@
 """Datasets through TFDS: the real Fashion-MNIST offline, other names, and missing data."""
 
+import gzip
 import os
-import shutil
 import time
 
 import numpy as np
@@ -36,15 +36,37 @@ def test_split_slices_are_tfds_split_strings(data_dir):
     assert subset.images.shape == (1000, 28, 28, 1)
 
 
+def _write_idx(path, array: np.ndarray) -> None:
+    """A gzipped IDX file (LeCun's format: magic, dimension sizes, uint8 data) of `array`."""
+    header = bytes([0, 0, 8, array.ndim]) + np.array(array.shape, ">u4").tobytes()
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
 def test_prepares_offline_from_a_source_dir(tmp_path):
+    # Tiny IDX files in the real files' format (5 training, 7 test images): preparing the real
+    # 70,000 takes about 20 s, and the shared data directory (data_dir) is prepared that way.
     source = tmp_path / "idx"
-    shutil.copytree(DEBIAN_DIR, source)
+    source.mkdir()
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (12, 28, 28), np.uint8)
+    labels = np.array([0, 1, 2, 3, 4, 9, 8, 7, 6, 5, 5, 9], np.uint8)
+    for prefix, rows in (("train", slice(0, 5)), ("t10k", slice(5, 12))):
+        _write_idx(source / f"{prefix}-images-idx3-ubyte.gz", images[rows])
+        _write_idx(source / f"{prefix}-labels-idx1-ubyte.gz", labels[rows])
     data_dir = tmp_path / "tfds"
     split = load_split("fashion_mnist", "test", data_dir=str(data_dir), source_dir=str(source))
-    assert split.images.shape == (10_000, 28, 28, 1)
+    assert split.images.shape == (7, 28, 28, 1) and split.num_classes == 10
+    # The same examples (TFDS stores them in its own shuffled order).
+    order = np.argsort(split.labels, kind="stable")
+    np.testing.assert_array_equal(split.labels[order], [5, 5, 6, 7, 8, 9, 9])
+    by_label = sorted(range(5, 12), key=lambda i: (labels[i], images[i].tobytes()))
+    got = sorted(range(7), key=lambda i: (split.labels[i], split.images[i].tobytes()))
+    np.testing.assert_array_equal(split.images[got, ..., 0], images[by_label])
     # What the stock TFDS reader (no cnnjax) sees in that directory is the same dataset.
     stock = tfds.data_source("fashion_mnist", split="test", data_dir=str(data_dir))
     np.testing.assert_array_equal(stock[0]["image"], split.images[0])
+    assert len(tfds.data_source("fashion_mnist", split="train", data_dir=str(data_dir))) == 5
     assert (data_dir / "fashion_mnist" / "3.0.1" / "dataset_info.json").exists()
 
 
@@ -58,7 +80,8 @@ def test_missing_dataset_fails_fast_with_the_fix(tmp_path):
     start = time.perf_counter()
     with pytest.raises(UserError, match="apt-get install dataset-fashion-mnist.*CNNJAX_DATA"):
         load_split("fashion_mnist", "train", data_dir=str(tmp_path), source_dir=str(tmp_path))
-    with pytest.raises(UserError, match="cifar10.*--config.data.download=True"):
+    # The library names config keys as `config.x` (the command line prints `--config.x`).
+    with pytest.raises(UserError, match=r"cifar10.* pass config\.data\.download=True"):
         load_split("cifar10", "train", data_dir=str(tmp_path))
     assert time.perf_counter() - start < 5.0
 
@@ -69,7 +92,13 @@ def test_bad_split_fails_clearly(data_dir):
 
 
 def test_other_datasets_read_through_the_same_path_with_mock_data():
-    with tfds.testing.mock_data(num_examples=20):
-        split = load_split("cifar10", "train", data_dir="/nonexistent")
-    assert split.images.shape == (20, 32, 32, 3) and split.num_classes == 10
-    assert split.labels.dtype == np.int32
+    # Mocked sources claim TFDS's own package folder as their dataset's: reading one must leave
+    # it alone (a decoded-cache entry there once made every later mock of the dataset empty).
+    metadata = os.path.join(os.path.dirname(tfds.testing.__file__), "metadata", "cifar10")
+    assert not os.path.exists(metadata), f"{metadata}: left by an earlier run, delete it"
+    for _ in range(2):  # the second read sees whatever the first one left
+        with tfds.testing.mock_data(num_examples=20):
+            split = load_split("cifar10", "train", data_dir="/nonexistent")
+        assert split.images.shape == (20, 32, 32, 3) and split.num_classes == 10
+        assert split.labels.dtype == np.int32
+    assert not os.path.exists(metadata)

@@ -11,12 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import run_cnnjax
 
+from cnnjax.data import load_split
 from cnnjax.errors import UserError
-from cnnjax.inspect.evaluation import full_eval_step, summarize_evaluation
 from cnnjax.inspect.evaluation_report import evaluate_workdir, format_evaluation
+from cnnjax.train.evaluation import eval_step, summarize_evaluation
 from cnnjax.train.state import TrainState
+from cnnjax.train.steps import StepOptions
 
 NUM_CLASSES, FEATURES, NUM_BINS, TOP_K = 6, 3, 15, 3
 FASHION_MNIST_NAMES = (
@@ -92,7 +93,9 @@ def _reference(state, batch) -> dict:
     }
 
 
-STEP = jax.jit(functools.partial(full_eval_step, num_classes=NUM_CLASSES, top_k=TOP_K))
+STEP = jax.jit(
+    functools.partial(eval_step, options=StepOptions(num_classes=NUM_CLASSES), top_k=TOP_K)
+)
 
 
 def test_sums_match_numpy_on_known_logits():
@@ -181,20 +184,19 @@ def test_bad_input_is_a_user_error(trained, tmp_path):
         evaluate_workdir(trained, use_ema=True)
 
 
-def test_cli_eval(trained):
-    from cnnjax import cli
-
-    if "eval" not in cli.COMMANDS:
-        pytest.skip("`cnnjax eval` is not wired into cnnjax/cli.py yet")
-    result = run_cnnjax("eval", f"--workdir={trained}", "--checkpoint=latest", "--split=test[:250]")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "fashion_mnist test[:250]: 250 examples" in result.stdout
-    assert "top-1 accuracy" in result.stdout
-    assert os.path.exists(os.path.join(trained, "eval", "step_40_test_250", "metrics.json"))
-    result = run_cnnjax("eval", f"--workdir={trained}", "--checkpoint=999")
-    errors = [line for line in result.stderr.splitlines() if "error:" in line]
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert len(errors) == 1 and "no checkpoint at step 999" in errors[0], result.stderr[-2000:]
+def test_evaluate_workdir_on_another_split_counts_that_split(trained, data_dir):
+    result = evaluate_workdir(trained, "latest", split="test[:250]")
+    assert result["split"] == "test[:250]" and result["count"] == 250
+    # The rows of the confusion matrix count the true labels of exactly those 250 examples.
+    labels = load_split("fashion_mnist", "test[:250]", data_dir=data_dir).labels
+    rows = np.array(result["confusion"]).sum(axis=1)
+    np.testing.assert_array_equal(rows, np.bincount(labels, minlength=10))
+    folder = os.path.join(trained, "eval", "step_40_test_250")
+    with open(os.path.join(folder, "metrics.json")) as f:
+        assert json.load(f)["count"] == 250
+    text = format_evaluation(result)
+    assert "fashion_mnist test[:250]: 250 examples" in text
+    assert f"top-1 accuracy {result['top_1_accuracy']:.4f}" in text
 
 
 def test_class_names_follow_a_class_subset():

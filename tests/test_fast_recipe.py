@@ -8,14 +8,15 @@ import time
 import pytest
 from conftest import ROOT, run_cnnjax
 
+from cnnjax.config_loader import load_config
 from cnnjax.models.inventory import param_count
-from cnnjax.sweep.plan import load_config_file
+from cnnjax.train import train_and_evaluate
 
 FAST_RECIPE = os.path.join(ROOT, "configs", "fashion_mnist_fast.py")
 
 
 def test_recipe_network_size():
-    config = load_config_file(FAST_RECIPE)
+    config = load_config(FAST_RECIPE)
     options = dict(
         activation=config.model.activation,
         normalization=config.model.normalization,
@@ -28,13 +29,11 @@ def test_recipe_network_size():
 
 
 def test_smoke_variant_trains(tmp_path, data_dir):
-    result = run_cnnjax(
-        "train", f"--config={FAST_RECIPE}:smoke", f"--workdir={tmp_path}", timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    results = json.loads((tmp_path / "results.json").read_text())
+    config = load_config(f"{FAST_RECIPE}:smoke", {"data.data_dir": data_dir})
+    results = train_and_evaluate(config, str(tmp_path)).results
     assert results["epochs"] == 2.0 and results["steps"] == 20  # 2,560 / 256 x 2
     assert results["test_accuracy"] > 0.5  # chance is 0.1
+    assert json.loads((tmp_path / "results.json").read_text())["steps"] == 20
 
 
 @pytest.mark.slow

@@ -10,12 +10,13 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
-from conftest import RECIPE, run_cnnjax
+from conftest import RECIPE
 
-from cnnjax import models
+from cnnjax import load_config, models, train_and_evaluate
 from cnnjax.data.sources import Split
 from cnnjax.data.subsets import select_classes
 from cnnjax.errors import UserError
+from cnnjax.models.layers import LayerOptions
 from cnnjax.train import finetune, steps
 from cnnjax.train.checkpoints import RunCheckpoints
 from cnnjax.train.state import create_train_state
@@ -47,8 +48,13 @@ def test_select_classes_relabels_in_the_given_order_and_keeps_the_first_n_per_cl
             select_classes(split, bad)
 
 
-def _lenet_state(tx, seed=0, normalization="batch", num_classes=10):
-    model = models.create("lenet5", num_classes=num_classes, normalization=normalization)
+def _lenet_state(tx, seed=0, normalization="batch", num_classes=10, frozen_batch_norm=False):
+    model = models.create(
+        "lenet5",
+        num_classes=num_classes,
+        normalization=normalization,
+        layer_options=LayerOptions(frozen_batch_norm=frozen_batch_norm),
+    )
     return create_train_state(model, tx, input_shape=(28, 28, 1), seed=seed)
 
 
@@ -87,21 +93,24 @@ def test_merge_keeps_fresh_heads_where_shapes_differ_or_reinit_matches():
 
 
 def test_frozen_batch_norm_uses_and_keeps_the_running_statistics():
-    state = _lenet_state(optax.sgd(0.1))
+    frozen = _lenet_state(optax.sgd(0.1), frozen_batch_norm=True)
     # Running statistics unlike any batch's, so that using them is visible in the logits.
-    state = state.replace(
-        batch_stats=jax.tree.map(lambda s: s + 0.5 * jnp.ones_like(s), state.batch_stats)
+    frozen = frozen.replace(
+        batch_stats=jax.tree.map(lambda s: s + 0.5 * jnp.ones_like(s), frozen.batch_stats)
     )
+    # The same weights in a model whose batch norm trains as usual.
+    state = frozen.replace(apply_fn=_lenet_state(optax.sgd(0.1)).apply_fn)
     batch = {
         "image": jax.random.normal(jax.random.key(0), (8, 28, 28, 1)),
         "label": jnp.arange(8) % 10,
     }
-    step = finetune.with_frozen_batch_norm(
-        lambda s, b: steps.gradients(
-            s, s.params, s.batch_stats, b, jax.random.key(1), num_classes=10
-        )
-    )
-    _, logits, _, new_stats = jax.jit(step)(state, batch)
+    options = steps.StepOptions(num_classes=10)
+
+    def step(s, b):
+        return steps.gradients(s, s.params, s.batch_stats, b, jax.random.key(1), options)
+
+    step = jax.jit(step)  # one jit: the models differ, so each state traces its own
+    _, logits, _, new_stats = step(frozen, batch)
     for old, new in zip(
         jax.tree.leaves(state.batch_stats), jax.tree.leaves(new_stats), strict=True
     ):
@@ -110,11 +119,7 @@ def test_frozen_batch_norm_uses_and_keeps_the_running_statistics():
         {"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False
     )
     np.testing.assert_allclose(logits, inference, atol=1e-5)
-    _, training_logits, _, updated = jax.jit(
-        lambda s, b: steps.gradients(
-            s, s.params, s.batch_stats, b, jax.random.key(1), num_classes=10
-        )
-    )(state, batch)
+    _, training_logits, _, updated = step(state, batch)
     assert float(jnp.abs(training_logits - inference).max()) > 1e-2  # unfrozen: batch statistics
 
 
@@ -126,31 +131,44 @@ def _saved_params(workdir):
         checkpoints.close()
 
 
-def test_finetune_command_end_to_end(tmp_path, data_dir):
-    del data_dir
+def test_finetune_end_to_end(tmp_path, data_dir, capsys):
+    """Pretraining on 5 classes, then fine-tuning on the 5 others from its weights, with the
+    settings `cnnjax train --config.init_from=... --config.finetune.*` gives (load_config)."""
     pretrained, tuned = str(tmp_path / "pretrain"), str(tmp_path / "finetune")
-    common = (f"--config={RECIPE}:smoke", "--config.train.epochs=1")
-    result = run_cnnjax(
-        "train", *common, f"--workdir={pretrained}", "--config.data.classes=1,3,5,8,9"
+
+    def config(**overrides):
+        common = {"data.data_dir": data_dir, "train.epochs": 1, "data.eval_split": "test[:200]"}
+        return load_config(f"{RECIPE}:smoke", {**common, **overrides})
+
+    # 5 classes x 40 examples, batch 20: 10 steps.
+    train_and_evaluate(
+        config(
+            **{
+                "data.classes": "1,3,5,8,9",
+                "data.train_examples_per_class": 40,
+                "data.batch_size": 20,
+            }
+        ),
+        pretrained,
     )
-    assert result.returncode == 0, result.stderr[-2000:]
-    finetune_args = (
-        *common,
-        f"--workdir={tuned}",
-        "--config.data.classes=0,2,4,6,7",
-        "--config.data.train_examples_per_class=20",
-        "--config.data.batch_size=20",
-        f"--config.init_from={pretrained}",
-        "--config.finetune.reinit=Dense_2",
-        "--config.finetune.freeze=ConvBlock",
-        "--config.finetune.lr_multipliers=Dense_[01]=0.1",
-        "--config.finetune.batch_norm=frozen",
+    finetune_overrides = {
+        "data.classes": "0,2,4,6,7",
+        "data.train_examples_per_class": 20,
+        "data.batch_size": 20,
+        "init_from": pretrained,
+        "finetune.reinit": "Dense_2",
+        "finetune.freeze": "ConvBlock",
+        "finetune.lr_multipliers": "Dense_[01]=0.1",
+        "finetune.batch_norm": "frozen",
+    }
+    capsys.readouterr()
+    results = train_and_evaluate(config(**finetune_overrides), tuned).results
+    assert "14 of 16 parameter arrays loaded; fresh: Dense_2/bias, Dense_2/kernel" in (
+        capsys.readouterr().out
     )
-    result = run_cnnjax("train", *finetune_args)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "14 of 16 parameter arrays loaded; fresh: Dense_2/bias, Dense_2/kernel" in result.stdout
+    assert results["steps"] == 5  # 5 classes x 20 examples / batch 20, one epoch
     with open(os.path.join(tuned, "results.json")) as f:
-        assert json.load(f)["steps"] == 5  # 5 classes x 20 examples / batch 20, one epoch
+        assert json.load(f)["steps"] == 5
     before, after = _saved_params(pretrained), _saved_params(tuned)
     conv = before["params"]["ConvBlock_1"]["Conv_0"]["kernel"]
     np.testing.assert_array_equal(after["params"]["ConvBlock_1"]["Conv_0"]["kernel"], conv)
@@ -160,9 +178,6 @@ def test_finetune_command_end_to_end(tmp_path, data_dir):
         np.testing.assert_array_equal(old, new)  # frozen batch norm
     dense = np.abs(after["params"]["Dense_1"]["kernel"] - before["params"]["Dense_1"]["kernel"])
     assert 0 < dense.max() < 2e-3  # 5 Adam steps at a tenth of 2e-3
-    # A workdir without checkpoints is one line and exit 2.
-    result = run_cnnjax(
-        "train", *common, f"--workdir={tmp_path / 'other'}", f"--config.init_from={tmp_path}"
-    )
-    assert result.returncode == 2
-    assert "holds no checkpoints" in result.stderr.strip().splitlines()[-1]
+    # A workdir without checkpoints is refused, naming the key.
+    with pytest.raises(UserError, match="holds no checkpoints"):
+        train_and_evaluate(config(**{"init_from": str(tmp_path)}), str(tmp_path / "other"))

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import RECIPE, run_cnnjax
-from model_sizes import SMALL
+from model_sizes import SMALL, filled_variables
 
 from cnnjax import models
 from cnnjax.errors import UserError
@@ -47,22 +47,6 @@ CHECKS = {
 SLOW = {"ResNet", "AlexNet", "UNet", "WideResNet", "GoogLeNet", "InceptionV3"}
 
 
-def _variables(model, images: np.ndarray, seed: int = 0) -> dict:
-    """Variables of `model.init`'s shapes without compiling `init` (up to 2 min for the large
-    nets): kernels N(0, 1 / fan-in), scales and variances 1, everything else 0."""
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), images[:1], train=False))
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        name = path[-1].key
-        if name == "kernel":
-            fan_in = np.prod(leaf.shape[:-1])
-            return rng.standard_normal(leaf.shape).astype(np.float32) / np.sqrt(fan_in)
-        return np.full(leaf.shape, 1.0 if name in ("scale", "var") else 0.0, np.float32)
-
-    return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
 def _batch(name: str, num_classes: int, size: int = 2) -> dict:
     shape = SMALL[name][0]
     rng = np.random.default_rng(1)
@@ -90,7 +74,7 @@ def test_gradient_matches_finite_differences(family, record_property):
     batch = _batch(name, model.num_classes)
     result = check_gradients(
         model,
-        _variables(model, batch["image"]),
+        filled_variables(model, batch["image"].shape),
         batch,
         num_classes=model.num_classes,
         num_directions=2,
@@ -212,16 +196,6 @@ def test_gradcheck_from_config_checks_the_recipe_at_its_initialization(data_dir)
         gradcheck_from_config(config, batch_size=0)
 
 
-def _cli_has_gradcheck() -> bool:
-    from cnnjax import cli
-
-    return "gradcheck" in cli.COMMANDS
-
-
-needs_cli = pytest.mark.skipif(
-    not _cli_has_gradcheck(), reason="`cnnjax gradcheck` is not wired into cnnjax/cli.py yet"
-)
-
 # A recipe that registers its own model: a net whose activation's backward pass is 1.5x too big.
 MISCALIBRATED_RECIPE = '''
 """Fashion-MNIST through a net whose tanh has 1.5x its true gradient (for the tests)."""
@@ -232,6 +206,7 @@ import jax
 import jax.numpy as jnp
 
 from cnnjax.config_base import get_base_config
+from cnnjax.models.layers import LayerOptions
 from cnnjax.models.registry import list_models, register
 
 
@@ -251,6 +226,7 @@ class MiscalibratedNet(nn.Module):
     activation: str = "tanh"
     normalization: str = "none"
     dropout_rate: float = 0.0
+    layer_options: LayerOptions = LayerOptions()
 
     @nn.compact
     def __call__(self, x, *, train):
@@ -275,7 +251,6 @@ def get_config(arg=None):
 '''
 
 
-@needs_cli
 def test_cli_exits_1_and_prints_the_failing_rows_for_a_wrong_gradient(tmp_path, data_dir):
     path = tmp_path / "miscalibrated.py"
     path.write_text(textwrap.dedent(MISCALIBRATED_RECIPE))
@@ -286,7 +261,6 @@ def test_cli_exits_1_and_prints_the_failing_rows_for_a_wrong_gradient(tmp_path, 
     assert "gradient check FAILED" in result.stdout
 
 
-@needs_cli
 def test_cli_passes_the_default_recipe(data_dir):
     # Smaller splits only spare decoding 70,000 PNGs (a minute); model and batch are the recipe's.
     splits = ["--config.data.train_split=train[:512]", "--config.data.eval_split=test[:64]"]

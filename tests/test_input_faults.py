@@ -12,10 +12,12 @@ from conftest import RECIPE, run_cnnjax
 from test_cli import _assert_one_line_error, _snapshot
 
 from cnnjax.config_base import get_base_config
-from cnnjax.config_checks import validate_config
+from cnnjax.config_loader import load_config
 from cnnjax.data import decoded_cache, load_split
 from cnnjax.data.idx_builders import IDX_FILES
 from cnnjax.errors import UserError
+from cnnjax.train import train_and_evaluate
+from cnnjax.train.config_checks import validate_config
 
 IDX_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
 TRAIN_IMAGES = "train-images-idx3-ubyte.gz"
@@ -23,7 +25,7 @@ NAN, INF = float("nan"), float("1e400")  # 1e400 overflows to inf, as on the com
 
 
 def _fix(key: str, bound: str, value) -> str:
-    return f"config.{key} must be {bound} (got {value}): set --config.{key}=..."
+    return f"config.{key} must be {bound} (got {value}): set config.{key}=..."
 
 
 BAD_CONFIGS = [
@@ -58,19 +60,19 @@ BAD_CONFIGS = [
     (
         {"optimizer.decay_epochs": (30, NAN)},
         "config.optimizer.decay_epochs entries must be finite numbers >= 0 (got (30, nan)): set "
-        "--config.optimizer.decay_epochs='(30, 60)'",
+        "config.optimizer.decay_epochs='(30, 60)'",
     ),
     (
         {"optimizer.schedule": "step", "optimizer.decay_factor": 10.0},
         "config.optimizer.decay_factor=10.0 > 1 raises the learning rate at each of "
-        "optimizer.decay_epochs: set --config.optimizer.decay_factor=... to at most 1, or "
-        "--config.optimizer.allow_lr_increase=True if that is meant",
+        "optimizer.decay_epochs: set config.optimizer.decay_factor=... to at most 1, or "
+        "config.optimizer.allow_lr_increase=True if that is meant",
     ),
     (
         {"optimizer.warmup_epochs": 12.0},
         "config.optimizer.warmup_epochs=12.0 is longer than the run (config.train.epochs=10, "
         "train.steps unset), so the learning rate never reaches its peak: set "
-        "--config.optimizer.warmup_epochs=... to at most 10",
+        "config.optimizer.warmup_epochs=... to at most 10",
     ),
 ]
 
@@ -160,7 +162,7 @@ def test_a_damaged_idx_file_is_one_error_and_prepares_nothing(tmp_path, damage):
     assert str(error.value) == (
         f"cannot prepare 'fashion_mnist' from the IDX files in {source_dir} "
         f"({cause.format(folder=source_dir)}): a file is truncated or corrupt; reinstall them "
-        "(apt-get install --reinstall dataset-fashion-mnist) or point --config.data.source_dir "
+        "(apt-get install --reinstall dataset-fashion-mnist) or point config.data.source_dir "
         "at good copies"
     )
     # TFDS removed its temporary folder: nothing looks prepared.
@@ -281,20 +283,18 @@ def test_a_broken_recipe_file_is_one_line(tmp_path, recipe, message):
     assert _snapshot(workdir) == before
 
 
-def test_a_truncated_idx_file_stops_training_with_one_line(tmp_path):
+def test_a_truncated_idx_file_stops_training_with_one_error(tmp_path):
     source_dir = _source_copy(tmp_path / "idx", DAMAGED_IDX["truncated"][0]())
     workdir = _workdir(tmp_path)
     before = _snapshot(workdir)
-    result = run_cnnjax(
-        "train",
-        f"--config={RECIPE}:smoke",
-        f"--workdir={workdir}",
-        f"--config.data.data_dir={tmp_path / 'tfds'}",
-        f"--config.data.source_dir={source_dir}",
+    config = load_config(
+        f"{RECIPE}:smoke",
+        {"data.data_dir": str(tmp_path / "tfds"), "data.source_dir": source_dir},
     )
-    _assert_one_line_error(
-        result,
-        f"cnnjax train: error: cannot prepare 'fashion_mnist' from the IDX files in {source_dir} "
-        "(EOFError: Compressed file ended before the end-of-stream marker was reached)",
+    with pytest.raises(UserError) as error:
+        train_and_evaluate(config, workdir)
+    assert str(error.value).startswith(
+        f"cannot prepare 'fashion_mnist' from the IDX files in {source_dir} "
+        "(EOFError: Compressed file ended before the end-of-stream marker was reached)"
     )
     assert _snapshot(workdir) == before

@@ -1,4 +1,5 @@
-"""launch/multihost.py: each launcher's exact commands and its refusals (nothing trains).
+"""launch/multihost.py and launch/multihost_slurm.py: each launcher's exact commands and its
+refusals (nothing trains).
 
 Running real processes (stopping, dying with the launcher, one JAX cluster) is tested in
 tests/test_launch_multihost_processes.py."""
@@ -12,7 +13,7 @@ import textwrap
 import pytest
 
 from cnnjax.errors import UserError
-from launch import multihost
+from launch import multihost, multihost_slurm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -97,7 +98,7 @@ def test_config_and_workdir_may_be_given_as_two_words():
 
 
 def test_slurm_script_runs_one_task_per_gpu_with_srun():
-    script = multihost.slurm_script(
+    script = multihost_slurm.slurm_script(
         [*TRAIN, "--distributed"],
         nodes=2,
         gpus_per_node=4,
@@ -142,7 +143,7 @@ train --distributed --config=configs/lenet5_fashion_mnist.py --workdir=runs/x --
 
 
 def test_slurm_script_leaves_out_unset_options_and_quotes_arguments():
-    script = multihost.slurm_script(
+    script = multihost_slurm.slurm_script(
         ["--config=configs/x.py", "--workdir=/shared/my run"],
         nodes=1,
         gpus_per_node=1,
@@ -234,7 +235,7 @@ def test_cli_slurm_dry_run_prints_the_script_and_writes_nothing(tmp_path):
     train = ["--config=configs/x.py", f"--workdir={workdir}", "--distributed"]
     result = _cli("slurm", "--nodes=3", "--gpus_per_node=2", "--dry_run", "--", *train)
     assert result.returncode == 0, result.stderr
-    assert result.stdout == multihost.slurm_script(
+    assert result.stdout == multihost_slurm.slurm_script(
         train, nodes=3, gpus_per_node=2, log_dir=f"{workdir}/slurm", chdir=ROOT, python=PY
     )
     assert f"#SBATCH --output={workdir}/slurm/%x_%j.out\n" in result.stdout
@@ -242,7 +243,7 @@ def test_cli_slurm_dry_run_prints_the_script_and_writes_nothing(tmp_path):
     assert result.stdout.count("--distributed") == 1
     assert not os.path.exists(workdir)
     seconds = _cli("slurm", "--gpus_per_node=2", "--signal_seconds=600", "--dry_run", "--", *train)
-    assert seconds.stdout == multihost.slurm_script(
+    assert seconds.stdout == multihost_slurm.slurm_script(
         train, nodes=1, gpus_per_node=2, log_dir=f"{workdir}/slurm", chdir=ROOT, signal_seconds=600
     )
     assert "#SBATCH --signal=TERM@600\n" in seconds.stdout
@@ -265,7 +266,7 @@ def test_cli_slurm_writes_the_script_and_submits_it(tmp_path):
         f"Submitted batch job 42\n  script: {script}\n  log:    {workdir}/slurm/cnnjax_JOBID.out\n"
     )
     assert (tmp_path / "submitted").read_text() == f"{script}\n"
-    assert open(script).read() == multihost.slurm_script(
+    assert open(script).read() == multihost_slurm.slurm_script(
         train, nodes=1, gpus_per_node=8, log_dir=f"{workdir}/slurm", chdir=ROOT, python=PY
     )
 
@@ -273,7 +274,7 @@ def test_cli_slurm_writes_the_script_and_submits_it(tmp_path):
 def test_submit_without_sbatch_says_how_to_submit_by_hand(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(UserError) as error:
-        multihost.submit_slurm("/shared/x/train.sbatch")
+        multihost_slurm.submit_slurm("/shared/x/train.sbatch")
     assert str(error.value) == (
         "sbatch is not on PATH: on a SLURM login node run `sbatch /shared/x/train.sbatch` from "
         "this checkout (--dry_run prints the script)"

@@ -1,7 +1,9 @@
 """Models: the course's hand-computed convolution, LeNet-5's size, the registry's errors."""
 
 import math
+import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +11,7 @@ import pytest
 
 from cnnjax import models
 from cnnjax.errors import UserError
-from cnnjax.models.layers import ConvBlock, Normalization, pool
+from cnnjax.models.layers import ConvBlock, LayerOptions, Normalization, pool
 
 IMAGE = [[0, 1, 0, 1], [0, 1, 0, 1], [1, 1, 1, 1], [0, -2, 0, -2]]
 VERTICAL = [[-0.5, 1, -0.5]] * 3
@@ -24,20 +26,21 @@ def test_course_convolution_exercise_through_conv_block_and_pool():
     out = block.apply({"params": params}, x, train=False)  # [1, 2, 2, 2]
     np.testing.assert_allclose(out[0, :, :, 0], [[2, -2], [-1, 1]])
     np.testing.assert_allclose(out[0, :, :, 1], [[-1, -0.5], [3.5, 4]])
-    np.testing.assert_allclose(pool(out, "max", window=2, stride=2)[0, 0, 0], [2, 4])
-    np.testing.assert_allclose(pool(out, "average", window=2, stride=2)[0, 0, 0], [0, 1.5])
+    for options in (LayerOptions(), LayerOptions().plain()):
+        pooled = {k: pool(out, k, 2, 2, layer_options=options)[0, 0, 0] for k in ("max", "average")}
+        np.testing.assert_allclose(pooled["max"], [2, 4])
+        np.testing.assert_allclose(pooled["average"], [0, 1.5])
 
 
 @pytest.mark.parametrize("kind", ["max", "average"])
 def test_reshape_pooling_equals_reduce_window(kind):
-    import flax.linen as nn
-
     x = jax.random.normal(jax.random.key(0), (2, 8, 12, 3))
     reference = (nn.max_pool if kind == "max" else nn.avg_pool)(x, (2, 2), strides=(2, 2))
-    np.testing.assert_allclose(pool(x, kind, window=2, stride=2), reference, rtol=1e-6)
+    fast = LayerOptions(reshape_pooling=True)
+    np.testing.assert_allclose(pool(x, kind, 2, 2, layer_options=fast), reference, rtol=1e-6)
     # Overlapping windows (AlexNet's 3x3 stride 2) fall back to reduce_window.
     reference = (nn.max_pool if kind == "max" else nn.avg_pool)(x, (3, 3), strides=(2, 2))
-    np.testing.assert_allclose(pool(x, kind, window=3, stride=2), reference, rtol=1e-6)
+    np.testing.assert_allclose(pool(x, kind, 3, 2, layer_options=fast), reference, rtol=1e-6)
 
 
 def _init(model, shape=(2, 28, 28, 1)):
@@ -134,10 +137,14 @@ def test_unknown_activation_and_normalization_fail_clearly():
         models.create("lenet5", normalization="batchnorm").init(jax.random.key(0), x, train=False)
 
 
-def test_inventory_lists_lenet5_with_its_count():
-    from cnnjax.models.inventory import describe_models
+def test_inventory_lists_lenet5_with_its_count(monkeypatch):
+    from cnnjax.models import inventory
 
-    rows = {row["name"]: row for row in describe_models()}
+    # Two variants, not all 35: tracing every model twice took 15 s, and the counts of all of
+    # them are pinned by tests/test_families.py and tests/test_summary.py.
+    monkeypatch.setattr(inventory, "list_models", lambda: ["lenet5", "resnet20"])
+    rows = {row["name"]: row for row in inventory.describe_models()}
+    assert list(rows) == ["lenet5", "resnet20"] and rows["resnet20"]["params"] == 269_722
     assert rows["lenet5"] == {
         "name": "lenet5",
         "params": 61_706,
@@ -161,6 +168,77 @@ def test_adaptive_average_pool_bins_like_pytorch():
     from cnnjax.models.layers import adaptive_avg_pool
 
     x = jnp.arange(5.0).reshape(1, 5, 1, 1).repeat(5, axis=2)  # rows 0..4
-    y = adaptive_avg_pool(x, 3)  # bins rows [0,2), [1,4), [3,5)
+    options = LayerOptions()
+    y = adaptive_avg_pool(x, 3, layer_options=options)  # bins rows [0,2), [1,4), [3,5)
     np.testing.assert_allclose(y[0, :, 0, 0], [0.5, 2.0, 3.5])
-    np.testing.assert_array_equal(adaptive_avg_pool(x, 5), x)
+    np.testing.assert_array_equal(adaptive_avg_pool(x, 5, layer_options=options), x)
+
+
+# One variant per family (and per block kind: basic and bottleneck ResNets), with the heads
+# that run only in training, at small sizes: every module must get the model's layer options.
+FAMILY_VARIANTS = {
+    "lenet5": ((28, 28, 1), {"normalization": "batch", "c3_table": True}),
+    "alexnet_paper": ((67, 67, 3), {"hidden_units": 8}),
+    "vgg11_bn": ((32, 32, 3), {"width_divisor": 16, "hidden_units": 64}),
+    "cifar_convnet": ((32, 32, 3), {}),
+    "fast_convnet": ((28, 28, 1), {"hidden_units": 8}),
+    "dilated_context": ((16, 16, 1), {"features": 4, "dilations": (1, 2)}),
+    "unet_small": ((16, 16, 1), {"base_features": 4, "depth": 2}),
+    "convnet1d": ((28, 28), {"widths": (4, 8)}),
+    "c3d_small": ((4, 16, 16, 1), {}),
+    "resnet18": ((32, 32, 3), {"width": 4, "stage_sizes": (1, 1, 1, 1)}),
+    "resnet50": ((32, 32, 3), {"width": 4, "stage_sizes": (1, 1, 1, 1)}),
+    "resnet20": ((16, 16, 3), {"shortcut": "projection"}),
+    "wrn16_8": ((16, 16, 3), {"widen_factor": 1}),
+    "googlenet": ((32, 32, 3), {"num_classes": 10, "aux_logits": True}),
+    "inception_v3": ((75, 75, 3), {"num_classes": 10, "aux_logits": True}),
+}
+
+
+def _layer_options_seen(model, shape) -> list[tuple[str, LayerOptions]]:
+    """(module type, its layer options) of every module with options that `model.init` calls,
+    traced only. The pools take the options as a required argument: one left without them
+    fails here."""
+    seen = []
+
+    def record(next_fun, args, kwargs, context):
+        options = getattr(context.module, "layer_options", None)
+        if options is not None:
+            seen.append((type(context.module).__name__, options))
+        return next_fun(*args, **kwargs)
+
+    def init(x):
+        with nn.intercept_methods(record):
+            return model.init(jax.random.key(0), x, train=False)
+
+    jax.eval_shape(init, jax.ShapeDtypeStruct((1, *shape), jnp.float32))
+    return seen
+
+
+def test_every_family_passes_its_layer_options_to_every_layer():
+    from cnnjax.models.registry import get_spec
+
+    families = {get_spec(name).family for name in models.list_models()}
+    assert families == {get_spec(name).family for name in FAMILY_VARIANTS}
+    options = LayerOptions(
+        block_convolutions=False,
+        reshape_pooling=False,
+        batch_norm_axis="devices",
+        frozen_batch_norm=True,
+    )
+    for name, (shape, extra) in FAMILY_VARIANTS.items():
+        seen = _layer_options_seen(models.create(name, layer_options=options, **extra), shape)
+        assert {"Normalization"} <= {kind for kind, _ in seen}, name
+        assert {o for _, o in seen} == {options}, name
+
+
+def test_models_read_no_hidden_switches():
+    """What a model computes is its fields: no context variables or environment reads, which
+    `jax.jit` would not see."""
+    folder = os.path.dirname(models.__file__)
+    for filename in sorted(os.listdir(folder)):
+        if filename.endswith(".py"):
+            with open(os.path.join(folder, filename)) as f:
+                text = f.read()
+            assert "contextvars" not in text and "os.environ" not in text, filename
+            assert "getenv" not in text, filename

@@ -13,78 +13,79 @@ import numpy as np
 import optax
 import pytest
 
-from cnnjax import models
-from cnnjax.train import steps
+from cnnjax import load_config, load_trained_run, models, parallel, train_and_evaluate
+from cnnjax.models.layers import LayerOptions
+from cnnjax.train import evaluation, steps
+from cnnjax.train.shard_map_step import make_shard_map_train_step
 from cnnjax.train.state import create_train_state
-from tests.conftest import RECIPE, ROOT, TEST_DATA_DIR, run_cnnjax, start_distributed
+from tests.conftest import RECIPE, ROOT, start_distributed
 
 PROBE = os.path.join(ROOT, "tests", "parallel_probe.py")
 
 
-def _probe(devices: int, *args: str) -> dict:
-    env = dict(os.environ, TFDS_DATA_DIR=TEST_DATA_DIR)
+@pytest.fixture(scope="module")
+def eight_devices(tmp_path_factory, data_dir) -> dict:
+    """What tests/parallel_probe.py measured in one process with 8 fake CPU devices (one
+    process, one JAX start-up, for every 8-device check), and its WORKDIR."""
+    workdir = tmp_path_factory.mktemp("eight_devices")
     result = subprocess.run(
-        [sys.executable, PROBE, str(devices), *args],
+        [sys.executable, PROBE, str(workdir)],
         capture_output=True,
         text=True,
         timeout=600,
-        env=env,
+        env=dict(os.environ, TFDS_DATA_DIR=data_dir),
         cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["devices"] == 8
+    return {**out, "workdir": workdir}
 
 
-def test_eight_devices_match_one_for_jit_and_shard_map_steps():
-    """4 SGD steps of LeNet-5 and ResNet-20, both with batch norm, on a 32-example batch."""
-    diffs = _probe(8, "equal")
-    assert diffs["devices"] == 8
-    for name in ("lenet5", "resnet20"):
-        for path in ("jit", "shard_map"):
-            assert diffs[f"{name}/{path}"]["loss"] < 1e-5, diffs
-            assert diffs[f"{name}/{path}"]["state"] < 1e-5, diffs
-        # Ghost batch norm (per-device statistics over 4 examples) is another computation.
-        assert diffs[f"{name}/shard_map/ghost"]["state"] > 1e-3, diffs
+def _part(probe: dict, name: str) -> dict:
+    part = probe[name]
+    assert "error" not in part or name == "uneven_batch", part["error"]
+    return part
 
 
-def test_checkpoint_saved_on_eight_devices_restores_on_one_and_four(tmp_path, data_dir):
-    workdir = str(tmp_path / "run")
-    env = dict(
-        os.environ,
-        TFDS_DATA_DIR=TEST_DATA_DIR,
-        XLA_FLAGS="--xla_force_host_platform_device_count=8",
-    )
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cnnjax.cli",
-            "train",
-            f"--config={RECIPE}:smoke",
-            f"--workdir={workdir}",
-            "--config.train.steps=9",
-            "--config.train.ema_decay=0.9",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=ROOT,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert json.load(open(os.path.join(workdir, "results.json")))["num_devices"] == 8
-    states = {}
-    for devices in (8, 1, 4):
-        out = str(tmp_path / f"state{devices}.npz")
-        info = _probe(devices, "restore", workdir, out)
-        assert info == {"devices": devices, "devices_per_leaf": [devices]}  # replicated here
-        states[devices] = dict(np.load(out))
+def test_eight_devices_match_one_for_jit_and_shard_map_steps(eight_devices):
+    """4 SGD steps of LeNet-5 with batch norm on a 32-example batch: 8 devices give the numbers
+    of 1 device, with the jit step and with the shard_map step (batch norm synced)."""
+    diffs = _part(eight_devices, "equal")
+    for path in ("jit", "shard_map"):
+        assert diffs[path]["loss"] < 1e-5, diffs
+        assert diffs[path]["state"] < 1e-5, diffs
+    # Ghost batch norm (per-device statistics over 4 examples) is another computation.
+    assert diffs["shard_map/ghost"]["state"] > 1e-3, diffs
+
+
+def _flat_state(state) -> dict:
+    leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(state))[0]
+    return {jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves}
+
+
+def test_checkpoint_saved_on_eight_devices_restores_on_one_and_four(eight_devices):
+    """The probe trained 9 steps with EMA on 8 devices and restored the checkpoint onto 8 and 4
+    of them; this process has one device."""
+    info = _part(eight_devices, "checkpoint")
+    assert info["num_devices"] == 8
+    assert info["devices_per_leaf"] == {"8": [8], "4": [4]}  # replicated on the new mesh
+    workdir = eight_devices["workdir"]
+    states = {n: dict(np.load(workdir / f"state{n}.npz")) for n in (8, 4)}
+    states[1] = _flat_state(load_trained_run(str(workdir / "run"), "latest").state)
     assert int(states[8][".step"]) == 9
     assert len(states[8]) > 20  # params, batch stats, optimizer state, EMA, key
+    assert any(key.startswith(".ema_params") for key in states[8])
     for devices in (1, 4):
         assert states[devices].keys() == states[8].keys()
         for key, value in states[8].items():
             np.testing.assert_array_equal(states[devices][key], value, err_msg=key)
+
+
+def test_batch_not_divisible_by_devices_is_one_line(eight_devices):
+    assert _part(eight_devices, "uneven_batch")["error"] == (
+        "data.batch_size=100 does not split evenly over 8 devices: use a multiple of 8"
+    )
 
 
 def test_two_processes_train_like_one(tmp_path, data_dir):
@@ -92,45 +93,58 @@ def test_two_processes_train_like_one(tmp_path, data_dir):
     parameters of one process training on the same global batches."""
     # SGD, not the recipe's Adam: the biases of the dense layers that feed batch norm get only
     # float noise as gradient (batch norm removes them), which Adam scales up to full steps.
-    common = [
-        f"--config={RECIPE}:smoke",
-        "--config.train.steps=6",
-        "--config.optimizer.name=momentum",
-        "--config.optimizer.learning_rate=0.05",
-    ]
-    single = run_cnnjax("train", *common, f"--workdir={tmp_path / 'single'}")
-    assert single.returncode == 0, single.stderr[-2000:]
+    overrides = {
+        "train.steps": 6,
+        "optimizer.name": "momentum",
+        "optimizer.learning_rate": 0.05,
+    }
     workdir = str(tmp_path / "multi")
     port = 12000 + os.getpid() % 20000
     processes = start_distributed(
-        [*common, f"--workdir={workdir}"],
+        [f"--config={RECIPE}:smoke", *(f"--config.{k}={v}" for k, v in overrides.items())]
+        + [f"--workdir={workdir}"],
         port,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+    # The one-process run, here, while the two processes train.
+    config = load_config(f"{RECIPE}:smoke", {**overrides, "data.data_dir": data_dir})
+    single = train_and_evaluate(config, str(tmp_path / "single"))
     outputs = [p.communicate(timeout=300)[0] for p in processes]
     assert [p.returncode for p in processes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
     assert "test accuracy" in outputs[0] and "test accuracy" not in outputs[1]
     results = json.load(open(os.path.join(workdir, "results.json")))
     assert (results["num_processes"], results["num_devices"]) == (2, 2)
-    states = []
-    for name, path in (("single", str(tmp_path / "single")), ("multi", workdir)):
-        _probe(1, "restore", path, str(tmp_path / f"{name}.npz"))
-        states.append(dict(np.load(tmp_path / f"{name}.npz")))
-    params = [key for key in states[0] if key.startswith(".params")]
-    assert len(params) == 16 and int(states[1][".step"]) == 6
-    for key in params:
-        np.testing.assert_allclose(states[1][key], states[0][key], atol=1e-5, err_msg=key)
-    expected = json.load(open(tmp_path / "single" / "results.json"))["train_loss"]
-    assert results["train_loss"] == pytest.approx(expected, abs=1e-5)
+    multi = load_trained_run(workdir, "latest")
+    assert multi.step == 6
+    expected, got = _flat_state(single.state.params), _flat_state(multi.state.params)
+    assert len(expected) == 16 and got.keys() == expected.keys()
+    for key, value in expected.items():
+        np.testing.assert_allclose(got[key], value, atol=1e-5, err_msg=key)
+    assert results["train_loss"] == pytest.approx(single.results["train_loss"], abs=1e-5)
 
 
-def _state(normalization="none", ema=False, seed=0):
+TX = optax.sgd(0.05, 0.9)
+
+
+@functools.cache
+def _initial(normalization: str):
+    """LeNet-5's state of seed 0 (with EMA weights), initialized once per normalization."""
     model = models.create("lenet5", num_classes=10, normalization=normalization)
-    return create_train_state(
-        model, optax.sgd(0.05, 0.9), input_shape=(28, 28, 1), seed=seed, ema=ema
-    )
+    return create_train_state(model, TX, input_shape=(28, 28, 1), seed=0, ema=True)
+
+
+def _state(normalization="none", ema=False, layer_options=None):
+    """A fresh copy (jitted steps may donate it) of `_initial`, the model rebuilt with
+    `layer_options` when given (they change no parameter)."""
+    state = _initial(normalization)
+    if not ema:
+        state = state.replace(ema_params={})
+    if layer_options is not None:
+        model = models.create("lenet5", normalization=normalization, layer_options=layer_options)
+        state = state.replace(apply_fn=model.apply)
+    return jax.tree.map(jnp.copy, state)
 
 
 def _batch(size=32, seed=0):
@@ -141,27 +155,34 @@ def _batch(size=32, seed=0):
     }
 
 
+def _train_step(**options):
+    return jax.jit(
+        functools.partial(steps.train_step, options=steps.StepOptions(num_classes=10, **options))
+    )
+
+
 def test_gradient_accumulation_equals_one_step_on_the_whole_batch():
     batch = _batch()
-    whole, whole_metrics = steps.train_step(_state(), batch, num_classes=10)
-    step = jax.jit(functools.partial(steps.train_step, num_classes=10, grad_accum_steps=4))
-    accumulated, metrics = step(_state(), batch)
+    whole, whole_metrics = _train_step()(_state(), batch)
+    accumulated, metrics = _train_step(grad_accum_steps=4)(_state(), batch)
     for a, b in zip(
         jax.tree.leaves(whole.params), jax.tree.leaves(accumulated.params), strict=True
     ):
         np.testing.assert_allclose(a, b, atol=1e-6)
+    assert float(jnp.abs(whole.params["Dense_2"]["bias"]).max()) > 1e-3  # the step moved
     for key in ("loss_sum", "correct", "count"):
         assert float(metrics[key]) == pytest.approx(float(whole_metrics[key]), rel=1e-6)
+    five = functools.partial(
+        steps.train_step, options=steps.StepOptions(num_classes=10, grad_accum_steps=5)
+    )
     with pytest.raises(ValueError, match="does not split into 5 micro-batches"):
-        steps.train_step(_state(), batch, num_classes=10, grad_accum_steps=5)
+        jax.eval_shape(five, _state(), batch)  # refused while tracing
 
 
 def test_bfloat16_compute_keeps_float32_weights_and_follows_float32():
-    batch = _batch()
-    full, full_metrics = steps.train_step(_state("batch"), batch, num_classes=10)
-    half, half_metrics = steps.train_step(
-        _state("batch"), batch, num_classes=10, compute_dtype=jnp.bfloat16
-    )
+    batch, start = _batch(), _initial("batch").params
+    full, full_metrics = _train_step()(_state("batch"), batch)
+    half, half_metrics = _train_step(compute_dtype="bfloat16")(_state("batch"), batch)
     dtypes = {
         leaf.dtype for leaf in jax.tree.leaves((half.params, half.opt_state, half.batch_stats))
     }
@@ -175,58 +196,60 @@ def test_bfloat16_compute_keeps_float32_weights_and_follows_float32():
         for h, f, s in zip(
             jax.tree.leaves(half.params),
             jax.tree.leaves(full.params),
-            jax.tree.leaves(_state("batch").params),
+            jax.tree.leaves(start),
             strict=True,
         )
     ]
-    # Biases that feed batch norm get float noise as gradient (batch norm removes them): skip
-    # updates that small; every other leaf must move the same way.
+    # Biases that feed batch norm get float noise as gradient (batch norm removes them): leave
+    # out updates that small; every other leaf must move the same way.
     compared = [(g, e) for g, e in deltas if np.linalg.norm(e) > 1e-5]
     assert len(compared) >= 12
     for got, expected in compared:
         cosine = (got * expected).sum() / (np.linalg.norm(got) * np.linalg.norm(expected))
         assert cosine > 0.95  # bf16 keeps 8 bits of mantissa: measured 0.979-0.9999
+        assert not np.array_equal(got, expected)  # it did compute in bfloat16
 
 
 def test_ema_of_weights_is_the_exponential_average_of_the_steps():
     state, decay = _state(ema=True), 0.9
     expected = state.params
-    step = jax.jit(functools.partial(steps.train_step, num_classes=10, ema_decay=decay))
+    step = _train_step(ema_decay=decay)
     for index in range(3):
         state, _ = step(state, _batch(seed=index))
         expected = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, expected, state.params)
     for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(state.ema_params), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
-    ema_metrics = steps.eval_step(
-        state, {**_batch(), "mask": jnp.ones(32)}, num_classes=10, use_ema=True
-    )
-    plain = steps.eval_step(state, {**_batch(), "mask": jnp.ones(32)}, num_classes=10)
-    assert float(ema_metrics["loss_sum"]) != float(plain["loss_sum"])
+    options = steps.StepOptions(num_classes=10, ema_decay=decay)
+
+    @jax.jit
+    def evaluate_both(state, batch):
+        return tuple(
+            evaluation.eval_step(state, batch, options, use_ema=use_ema) for use_ema in (1, 0)
+        )
+
+    ema_sums, plain = evaluate_both(state, {**_batch(), "mask": jnp.ones(32)})
+    assert int(ema_sums["count"]) == int(plain["count"]) == 32
+    assert float(ema_sums["loss_sum"]) != float(plain["loss_sum"])
 
 
-def test_batch_not_divisible_by_devices_is_one_line(tmp_path, data_dir):
-    env_flags = "--xla_force_host_platform_device_count=8"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cnnjax.cli",
-            "train",
-            f"--config={RECIPE}:smoke",
-            f"--workdir={tmp_path}",
-            "--config.data.batch_size=100",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-        env=dict(os.environ, TFDS_DATA_DIR=TEST_DATA_DIR, XLA_FLAGS=env_flags),
-    )
-    assert result.returncode == 2
-    assert result.stderr.strip() == (
-        "cnnjax train: error: data.batch_size=100 does not split evenly over 8 devices: "
-        "use a multiple of 8"
-    )
+def test_shard_map_step_takes_its_batch_norm_from_the_model_and_checks_it():
+    """Sync batch norm is the model's `batch_norm_axis`; a model that disagrees with the step's
+    mode is refused while tracing instead of silently computing the other mode. (Their numbers
+    are the 8-device probe's.)"""
+    mesh, options = parallel.data_mesh(1), steps.StepOptions(num_classes=10)
+
+    def state_with(axis):
+        state = _state("batch", layer_options=LayerOptions(batch_norm_axis=axis))
+        return parallel.replicate(state, mesh)
+
+    batch = parallel.shard_batch(_batch(8), mesh)
+    for axis, mode in ((parallel.DATA_AXIS, "sync"), (None, "ghost")):
+        step = jax.jit(make_shard_map_train_step(mesh, options=options, batch_norm=mode))
+        _, metrics = jax.eval_shape(step, state_with(axis), batch)  # accepted
+        assert metrics["loss_sum"].shape == (), mode
+        other = None if axis else parallel.DATA_AXIS
+        with pytest.raises(ValueError, match=f"batch_norm={mode!r} needs a model built with"):
+            step.lower(state_with(other), batch)
 
 
 def test_clipping_by_global_norm_scales_the_whole_gradient():

@@ -1,19 +1,28 @@
 """kill -9, SIGTERM or SIGINT at a random point, rerun the same command: the numbers of a run
-that never stopped."""
+that never stopped.
+
+The reference run and the resumes train in this process (`cnnjax.train_and_evaluate`, the
+command's own function); the runs interrupted from outside are `cnnjax train` processes, so that
+a resume also proves that another process continues bitwise where one stopped."""
 
 import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import RECIPE, ROOT, TEST_DATA_DIR, resume_command, run_cnnjax
+from conftest import ROOT, TEST_DATA_DIR, resume_command, resume_config, signal_at_step
+
+from cnnjax.errors import TrainingInterrupted
+from cnnjax.train import train_and_evaluate
 
 # Facts of an invocation, not of the trained model.
 VOLATILE = {
@@ -54,14 +63,9 @@ def _wait_for_a_checkpoint(process, workdir) -> None:
         time.sleep(0.01)
 
 
-def _kill_midway(workdir, seed):
-    """Starts the run, waits for its first checkpoint, then kill -9s it after a random delay."""
-    process = _start(workdir)
-    _wait_for_a_checkpoint(process, workdir)
-    time.sleep(random.Random(seed).uniform(0.0, 0.3))
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    return process.returncode
+def _resume(workdir) -> dict:
+    """Reruns the same run in `workdir` (in this process); returns its results."""
+    return train_and_evaluate(resume_config(), str(workdir)).results
 
 
 def _assert_same_run(reference, resumed) -> dict:
@@ -74,7 +78,7 @@ def _assert_same_run(reference, resumed) -> dict:
     step_a, state_a = _final_params(reference)
     step_b, state_b = _final_params(resumed)
     assert step_a == step_b == expected["steps"]
-    for a, b in zip(_leaves(state_a), _leaves(state_b), strict=True):
+    for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b), strict=True):
         np.testing.assert_array_equal(a, b)  # bitwise
 
     def curves(workdir):
@@ -87,29 +91,22 @@ def _assert_same_run(reference, resumed) -> dict:
 
 def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path, reference_run):
     resumed = tmp_path / "resumed"
-    assert _kill_midway(resumed, seed=int(time.time())) == -signal.SIGKILL
+    seed = time.time_ns()
+    process = _start(resumed)
+    _wait_for_a_checkpoint(process, resumed)
+    time.sleep(random.Random(seed).uniform(0.0, 0.3))
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, f"seed {seed}"
     assert not (resumed / "results.json").exists()  # it really died before the end
     assert (resumed / ".train.lock").exists()  # left by the killed holder: must not block
-    result = run_cnnjax(*resume_command(resumed))
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert _resume(resumed)["resumed_from_step"] > 0
     assert _assert_same_run(reference_run, resumed)["resumed_from_step"] > 0
 
 
-@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_saves_the_step_reached_and_the_resume_is_bitwise(
-    tmp_path, reference_run, signal_number
-):
-    seed = time.time_ns()
-    resumed = tmp_path / "resumed"
-    process = _start(resumed, stderr=subprocess.PIPE)
-    _wait_for_a_checkpoint(process, resumed)
-    time.sleep(random.Random(seed).uniform(0.0, 1.5))
-    process.send_signal(signal_number)
-    _, stderr = process.communicate(timeout=240)
-    context = f"seed {seed}: {stderr[-2000:]}"
-    assert process.returncode == 128 + signal_number, context
+def _assert_stopped_at(stderr: str, resumed, name: str, context: str) -> int:
+    """The one line of a run stopped by signal `name`; returns the step it saved."""
     assert "Traceback" not in stderr and stderr.count("cnnjax train:") == 1, context
-    name = signal.Signals(signal_number).name
     match = re.search(
         rf"cnnjax train: interrupted by {name} at step (\d+) of 60: checkpoint (\d+) is saved in "
         rf"{re.escape(str(resumed))}/checkpoints; rerun the same command to resume",
@@ -120,32 +117,52 @@ def test_a_signal_saves_the_step_reached_and_the_resume_is_bitwise(
     # Zero steps lost: the step the process had reached when the signal came is on disk.
     assert _final_params(resumed)[0] == step, context
     assert not (resumed / "results.json").exists()
-
-    result = run_cnnjax(*resume_command(resumed))
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert _assert_same_run(reference_run, resumed)["resumed_from_step"] == step
+    return step
 
 
-def _leaves(tree):
-    import jax
+def test_sigterm_saves_the_step_reached_and_the_resume_is_bitwise(tmp_path, reference_run):
+    seed = time.time_ns()
+    resumed = tmp_path / "resumed"
+    process = _start(resumed, stderr=subprocess.PIPE)
+    _wait_for_a_checkpoint(process, resumed)
+    # Within the run's last 53 steps (about 1.5 s on 2 cores): the SIGINT test below reaches
+    # every step.
+    time.sleep(random.Random(seed).uniform(0.0, 1.0))
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=240)
+    context = f"seed {seed}: {stderr[-2000:]}"
+    assert process.returncode == 128 + signal.SIGTERM, context
+    step = _assert_stopped_at(stderr, resumed, "SIGTERM", context)
+    assert _resume(resumed)["resumed_from_step"] == step
+    _assert_same_run(reference_run, resumed)
 
-    return jax.tree.leaves(tree)
+
+def test_sigint_at_any_step_saves_it_and_the_resume_is_bitwise(
+    tmp_path, reference_run, monkeypatch
+):
+    # Ctrl-C, in this process at a random step (the command prints the same line and exits
+    # with the error's status: the SIGTERM test above).
+    step = random.Random(time.time_ns()).randint(1, 59)
+    resumed = tmp_path / "resumed"
+    signal_at_step(monkeypatch, step, signal.SIGINT)
+    with pytest.raises(TrainingInterrupted) as stopped:
+        train_and_evaluate(resume_config(), str(resumed))
+    monkeypatch.undo()
+    context = f"step {step}: {stopped.value}"
+    assert stopped.value.exit_status == 130 and stopped.value.step == step, context
+    assert _assert_stopped_at(f"cnnjax train: {stopped.value}", resumed, "SIGINT", context) == step
+    assert _resume(resumed)["resumed_from_step"] == step
+    _assert_same_run(reference_run, resumed)
 
 
-def test_rerunning_a_finished_run_trains_nothing_and_reports_the_same(tmp_path, data_dir):
-    command = [
-        "train",
-        f"--config={RECIPE}:smoke",
-        f"--workdir={tmp_path}",
-        "--config.train.steps=10",
-    ]
-    assert run_cnnjax(*command).returncode == 0
-    first = json.loads((tmp_path / "results.json").read_text())
-    metrics = (tmp_path / "metrics.jsonl").read_text()
-    assert run_cnnjax(*command).returncode == 0
-    again = json.loads((tmp_path / "results.json").read_text())
-    assert again["resumed_from_step"] == 10 and again["steps"] == 10
+def test_rerunning_a_finished_run_trains_nothing_and_reports_the_same(tmp_path, reference_run):
+    workdir = tmp_path / "run"
+    shutil.copytree(reference_run, workdir)
+    first = json.loads((workdir / "results.json").read_text())
+    metrics = (workdir / "metrics.jsonl").read_text()
+    again = _resume(workdir)
+    assert again["resumed_from_step"] == 60 and again["steps"] == 60
     assert {k: v for k, v in again.items() if k not in VOLATILE} == {
         k: v for k, v in first.items() if k not in VOLATILE
     }
-    assert (tmp_path / "metrics.jsonl").read_text() == metrics
+    assert (workdir / "metrics.jsonl").read_text() == metrics

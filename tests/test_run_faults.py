@@ -8,22 +8,16 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
-from conftest import (
-    RECIPE,
-    RESUME_OVERRIDES,
-    ROOT,
-    TEST_DATA_DIR,
-    resume_command,
-    run_cnnjax,
-    tmpfs,
-)
-from test_cli import _snapshot
+from conftest import RECIPE, run_cnnjax, signal_at_step, tmpfs
+from test_cli import _smoke_config, _snapshot
 
-from cnnjax.errors import UserError
+from cnnjax.config_loader import load_config
+from cnnjax.errors import TrainingInterrupted, UserError
+from cnnjax.train import train_and_evaluate
+from cnnjax.train import workdir as workdirs
 
 # A run that is good for 2 epochs (test accuracy 0.79 at step 40 on this data), then diverges
 # without a NaN: the learning rate x 1e4 at epoch 2 leaves the test accuracy near 0.1 at step 80.
@@ -34,26 +28,6 @@ DIVERGING = (
     "--config.optimizer.decay_factor=10000",
     "--config.optimizer.allow_lr_increase=True",
 )
-
-
-def _popen(*args: str, stderr=subprocess.DEVNULL) -> subprocess.Popen:
-    env = dict(os.environ, TFDS_DATA_DIR=TEST_DATA_DIR)
-    return subprocess.Popen(
-        [sys.executable, "-m", "cnnjax.cli", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=stderr,
-        text=True,
-    )
-
-
-def _wait_for(predicate, process, what: str, timeout: float = 240) -> None:
-    deadline = time.time() + timeout
-    while not predicate():
-        assert process.poll() is None, f"the run ended before {what}"
-        assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def _steps_on_disk(workdir) -> list[int]:
@@ -74,35 +48,36 @@ def _error_line(stderr: str, command: str = "train") -> str:
     return lines[0]
 
 
-def test_best_is_the_best_test_accuracy_across_a_kill_9_and_resume(tmp_path, data_dir):
+def test_best_is_the_best_test_accuracy_across_a_stop_and_resume(tmp_path, data_dir, monkeypatch):
     from cnnjax.inspect.evaluation_report import evaluate_workdir
     from cnnjax.train.finetune import read_pretrained
 
-    workdir = tmp_path / "run"
-    command = ("train", f"--config={RECIPE}:smoke", f"--workdir={workdir}", *DIVERGING)
-    process = _popen(*command)
-    # Killed once it has saved a step after the good epoch: Orbax then holds 40 (ranked) and a
-    # later unranked one; the resumed process must still know that 40 is the best.
-    _wait_for(lambda: any(s > 42 for s in _steps_on_disk(workdir)), process, "a step past 42")
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    result = run_cnnjax(*command)
-    assert result.returncode == 0, result.stderr[-3000:]
+    workdir = str(tmp_path / "run")
+    config = load_config(f"{RECIPE}:smoke", [*DIVERGING, f"data.data_dir={data_dir}"])
+    # Stopped at a step saved after the good epoch: Orbax then holds 40 (ranked) and a later
+    # unranked one; the resumed run (which reads the folder again, as a new process does) must
+    # still know that 40 is the best. (tests/test_resume.py kills a process with -9 midway.)
+    signal_at_step(monkeypatch, 49, signal.SIGTERM)
+    with pytest.raises(TrainingInterrupted, match="at step 49 of 80"):
+        train_and_evaluate(config, workdir)
+    monkeypatch.undo()
+    assert _steps_on_disk(workdir) == [20, 40, 49]
+    results = train_and_evaluate(config, workdir).results
+    assert results["resumed_from_step"] == 49
 
-    accuracy = _test_records(workdir)
+    accuracy = _test_records(tmp_path / "run")
     best_step = max(accuracy, key=accuracy.get)
     assert best_step == 40 and accuracy[40] > 0.7 and accuracy[80] < 0.3, accuracy
-    results = json.loads((workdir / "results.json").read_text())
     assert results["best_checkpoint_step"] == 40
     assert results["best_test_accuracy"] == accuracy[40]
     assert results["test_accuracy"] == accuracy[80]
     # keep_best_checkpoints=2: exactly the two best (40, then 20) and the latest.
     assert _steps_on_disk(workdir) == [20, 40, 80]
 
-    evaluation = evaluate_workdir(str(workdir), "best")
+    evaluation = evaluate_workdir(workdir, "best")
     assert evaluation["step"] == 40
     assert evaluation["top_1_accuracy"] == pytest.approx(accuracy[40])
-    assert read_pretrained(str(workdir), "best")[1] == 40  # finetune.checkpoint=best
+    assert read_pretrained(workdir, "best")[1] == 40  # finetune.checkpoint=best
 
 
 def test_a_nan_stops_training_with_one_line_and_keeps_the_good_checkpoint(tmp_path, data_dir):
@@ -143,62 +118,42 @@ def test_a_nan_stops_training_with_one_line_and_keeps_the_good_checkpoint(tmp_pa
 
 
 def test_a_second_train_on_a_workdir_refuses_at_once_and_the_first_loses_nothing(
-    tmp_path, data_dir
+    tmp_path, smoke_run
 ):
+    # A finished run leaves no lock file (a killed one's never blocks: tests/test_resume.py).
+    assert not os.path.exists(os.path.join(smoke_run, workdirs.LOCK_FILE))
     workdir = tmp_path / "run"
-    command = ("train", f"--config={RECIPE}:smoke", f"--workdir={workdir}")
-    first = _popen(*command, stderr=subprocess.PIPE)
-    lock = workdir / ".train.lock"
-    _wait_for(lambda: lock.exists() and '"pid"' in lock.read_text(), first, "the lock")
-    start = time.monotonic()
-    second = run_cnnjax(*command)
-    seconds = time.monotonic() - start
-    assert second.returncode == 2
-    assert re.fullmatch(
-        rf"cnnjax train: error: {re.escape(str(workdir))} is in use by another `cnnjax train` "
-        rf"\(pid {first.pid} on [^,]+, since [0-9T:-]+\): wait for it to finish or stop it, or "
-        r"give another --workdir",
-        _error_line(second.stderr),
-    ), second.stderr
-    assert seconds < 5, seconds
-    _, stderr = first.communicate(timeout=240)
-    assert first.returncode == 0, stderr[-3000:]
-    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    # 40 steps logged every 5, and each of the 2 epochs' train and test records: all of them.
-    assert [r["step"] for r in rows if r["split"] == "train"] == list(range(5, 41, 5))
-    assert [r["step"] for r in rows if r["split"] != "train"] == [20, 20, 40, 40]
-    assert not lock.exists()  # a finished run leaves no lock file (a killed one's never blocks)
-
-
-def _reference_config(**changes):
-    """The config of `resume_command` (the reference run) with `changes` {dotted key: value}."""
-    from cnnjax.sweep.plan import load_config_file
-
-    config = load_config_file(f"{RECIPE}:smoke")
-    overrides = dict(o.removeprefix("--config.").split("=") for o in RESUME_OVERRIDES)
-    overrides = {k: json.loads(v.lower()) for k, v in overrides.items()}
-    for key, value in {**overrides, "data.data_dir": TEST_DATA_DIR, **changes}.items():
-        *parents, name = key.split(".")
-        node = config
-        for parent in parents:
-            node = node[parent]
-        node[name] = value
-    return config
+    shutil.copytree(smoke_run, workdir)
+    with workdirs.hold(str(workdir)):  # this process is the first `cnnjax train`
+        lock = workdir / workdirs.LOCK_FILE
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+        before = _snapshot(workdir)
+        start = time.monotonic()
+        second = run_cnnjax("train", f"--config={RECIPE}:smoke", f"--workdir={workdir}")
+        seconds = time.monotonic() - start
+        assert second.returncode == 2
+        assert re.fullmatch(
+            rf"cnnjax train: error: {re.escape(str(workdir))} is in use by another `cnnjax "
+            rf"train` \(pid {os.getpid()} on [^,]+, since [0-9T:-]+\): wait for it to finish or "
+            r"stop it, or give another --workdir",
+            _error_line(second.stderr),
+        ), second.stderr
+        assert seconds < 5, seconds  # refused before the heavy imports
+        assert _snapshot(workdir) == before  # the holder's lock and files untouched
+    assert not lock.exists()
 
 
 def test_a_resume_with_other_math_is_refused_unless_allowed_and_keeps_the_history(
-    tmp_path, reference_run
+    tmp_path, smoke_run, data_dir
 ):
-    from cnnjax.train import train_and_evaluate
-
     workdir = tmp_path / "run"
-    shutil.copytree(reference_run, workdir)
+    shutil.copytree(smoke_run, workdir)
     before = _snapshot(workdir)
-    changed = _reference_config(**{"optimizer.learning_rate": 0.01})
+    changed = _smoke_config(data_dir, **{"optimizer.learning_rate": 0.01})
     with pytest.raises(UserError) as error:
         train_and_evaluate(changed, str(workdir))
     assert str(error.value) == (
-        f"{workdir} holds a run trained to step 60 with other settings "
+        f"{workdir} holds a run trained to step 40 with other settings "
         "(optimizer.learning_rate 0.002 -> 0.01): rerun with its recorded settings "
         "(config.json), give a new --workdir, or pass --allow_config_change to continue with "
         "the new ones (the old config is kept in config_history/)"
@@ -206,15 +161,15 @@ def test_a_resume_with_other_math_is_refused_unless_allowed_and_keeps_the_histor
     assert _snapshot(workdir) == before
 
     # Operational keys may change freely: more frequent logs are not another experiment.
-    same = _reference_config(**{"train.log_every_steps": 3, "data.eval_batch_size": 500})
-    assert train_and_evaluate(same, str(workdir))["config_changes"] == []
+    same = _smoke_config(data_dir, **{"train.log_every_steps": 3, "data.eval_batch_size": 500})
+    assert train_and_evaluate(same, str(workdir)).results["config_changes"] == []
 
     old_config = (workdir / "config.json").read_text()
-    results = train_and_evaluate(changed, str(workdir), allow_config_change=True)
+    results = train_and_evaluate(changed, str(workdir), allow_config_change=True).results
     assert results["config_changes"] == [
-        {"step": 60, "changes": {"optimizer.learning_rate": [0.002, 0.01]}}
+        {"step": 40, "changes": {"optimizer.learning_rate": [0.002, 0.01]}}
     ]
-    assert (workdir / "config_history" / "step_60.json").read_text() == old_config
+    assert (workdir / "config_history" / "step_40.json").read_text() == old_config
     assert json.loads((workdir / "config.json").read_text())["optimizer"]["learning_rate"] == 0.01
     assert (
         json.loads((workdir / "results.json").read_text())["config_changes"]
@@ -222,24 +177,12 @@ def test_a_resume_with_other_math_is_refused_unless_allowed_and_keeps_the_histor
     )
 
 
-def test_a_resume_command_with_another_learning_rate_is_one_line(tmp_path, reference_run):
-    workdir = tmp_path / "run"
-    shutil.copytree(reference_run, workdir)
-    before = _snapshot(workdir)
-    result = run_cnnjax(*resume_command(workdir), "--config.optimizer.learning_rate=0.01")
-    assert result.returncode == 2
-    assert "(optimizer.learning_rate 0.002 -> 0.01)" in _error_line(result.stderr)
-    assert _snapshot(workdir) == before
-
-
-def test_a_workdir_that_is_a_file_is_one_line(tmp_path):
+def test_a_workdir_that_is_a_file_is_refused(tmp_path):
     path = tmp_path / "notes.txt"
     path.write_text("keep me")
-    result = run_cnnjax("train", f"--config={RECIPE}:smoke", f"--workdir={path}")
-    assert result.returncode == 2
-    assert _error_line(result.stderr) == (
-        f"cnnjax train: error: --workdir={path} is a file, not a folder: give a folder path"
-    )
+    with pytest.raises(UserError) as error:
+        train_and_evaluate(load_config(f"{RECIPE}:smoke"), str(path))
+    assert str(error.value) == f"--workdir={path} is a file, not a folder: give a folder path"
     assert path.read_text() == "keep me"
 
 
@@ -259,13 +202,13 @@ def test_a_full_disk_is_one_line_and_the_files_written_before_stay_whole(tmp_pat
         assert _steps_on_disk(workdir) == []  # no half-written checkpoint looks finished
 
 
-def test_a_read_only_workdir_is_one_line_before_any_work(tmp_path, reference_run):
-    with tmpfs(tmp_path / "disk", "8m") as disk:
+def test_a_read_only_workdir_is_one_line_before_any_work(tmp_path, smoke_run):
+    with tmpfs(tmp_path / "disk", "32m") as disk:
         workdir = disk / "run"
-        shutil.copytree(reference_run, workdir)
+        shutil.copytree(smoke_run, workdir)
         subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
         before = _snapshot(workdir)
-        train = run_cnnjax(*resume_command(workdir))
+        train = run_cnnjax("train", f"--config={RECIPE}:smoke", f"--workdir={workdir}")
         assert train.returncode == 2
         assert _error_line(train.stderr) == (
             f"cnnjax train: error: cannot write the lock file to {workdir} (the folder is "

@@ -16,7 +16,8 @@ import time
 import pytest
 
 from cnnjax.errors import UserError
-from launch import multihost, slurm
+from cnnjax.sweep.slurm_executor import SlurmOptions, script_text
+from launch import multihost_slurm
 
 # The run: catches SIGTERM / SIGINT, records it, takes 0.5 s to "save", then exits `code` (or
 # 128 + N when `code` is "signal"); with `code` "now:N" it exits N at once, without a signal.
@@ -61,11 +62,11 @@ def _wait_for(predicate, what: str, timeout: float = 10.0) -> None:
 
 
 def test_sweep_script_asks_for_the_signal_and_ends_by_passing_it_on():
-    text = slurm.script_text("/s/slurm/commands.txt", "/s/slurm", 4, slurm.SlurmOptions())
+    text = script_text("/s/slurm/commands.txt", "/s/slurm", 4, SlurmOptions())
     lines = text.splitlines()
     assert lines[lines.index("#SBATCH --requeue") + 1] == "#SBATCH --signal=B:TERM@120"
-    options = slurm.SlurmOptions(signal_seconds=300)
-    assert "#SBATCH --signal=B:TERM@300\n" in slurm.script_text("/c", "/l", 1, options)
+    options = SlurmOptions(signal_seconds=300)
+    assert "#SBATCH --signal=B:TERM@300\n" in script_text("/c", "/l", 1, options)
     start = lines.index('echo "task $SLURM_ARRAY_TASK_ID on $(hostname): $line"') + 1
     assert "\n".join(lines[start:]) + "\n" == textwrap.dedent(
         """\
@@ -97,7 +98,7 @@ def test_sweep_script_asks_for_the_signal_and_ends_by_passing_it_on():
 @pytest.mark.parametrize("seconds", [0, 65536])
 def test_sweep_script_refuses_a_signal_time_slurm_does_not_take(seconds):
     with pytest.raises(UserError) as error:
-        slurm.script_text("/c", "/l", 1, slurm.SlurmOptions(signal_seconds=seconds))
+        script_text("/c", "/l", 1, SlurmOptions(signal_seconds=seconds))
     assert str(error.value) == f"--slurm_signal_seconds must be 1 to 65535 (got {seconds})"
 
 
@@ -122,7 +123,7 @@ def test_sweep_task_passes_the_signal_on_waits_and_requeues(tmp_path, sig, code,
     stand_in = shlex.join([sys.executable, str(tmp_path / "stand_in.py"), str(out), code])
     commands.write_text(f"false\n{stand_in}\n")  # task 1 runs line 2
     script = tmp_path / "sweep.sbatch"
-    script.write_text(slurm.script_text(str(commands), str(tmp_path), 2, slurm.SlurmOptions()))
+    script.write_text(script_text(str(commands), str(tmp_path), 2, SlurmOptions()))
     env = dict(
         os.environ,
         PATH=f"{bin_dir}:{os.environ['PATH']}",
@@ -136,7 +137,7 @@ def test_sweep_task_passes_the_signal_on_waits_and_requeues(tmp_path, sig, code,
         if sig is not None:
             _wait_for(lambda: (out / "ready").exists() and _catches(shell.pid, sig), "the task")
             shell.send_signal(sig)  # as SLURM does with --signal=B:...: the batch shell only
-        output, _ = shell.communicate(timeout=10)
+        output, _ = shell.communicate(timeout=60)  # only a bound on a hang: 2 busy cores are slow
     finally:
         shell.kill()
     assert shell.returncode == status, output
@@ -153,7 +154,7 @@ def test_sweep_task_passes_the_signal_on_waits_and_requeues(tmp_path, sig, code,
 
 
 def test_multihost_script_asks_every_task_for_the_signal():
-    script = multihost.slurm_script(
+    script = multihost_slurm.slurm_script(
         ["--config=c.py", "--workdir=w"], nodes=1, gpus_per_node=1, log_dir="/l", python="/py"
     )
     lines = script.splitlines()
@@ -169,7 +170,7 @@ def test_multihost_script_asks_every_task_for_the_signal():
         "fi",
         'exit "$status"',
     ]
-    other = multihost.slurm_script(
+    other = multihost_slurm.slurm_script(
         ["--config=c.py", "--workdir=w"], nodes=1, gpus_per_node=1, log_dir="/l", signal_seconds=9
     )
     assert "#SBATCH --signal=TERM@9\n" in other
@@ -183,7 +184,7 @@ def test_multihost_job_requeues_when_srun_ends_with_143(tmp_path, srun_status, r
     _fake(bin_dir, "scontrol", f'echo "$*" >> {tmp_path}/calls')
     script = tmp_path / "train.sbatch"
     script.write_text(
-        multihost.slurm_script(
+        multihost_slurm.slurm_script(
             ["--config=c.py", "--workdir=w"], nodes=1, gpus_per_node=1, log_dir="/l", python="/py"
         )
     )

@@ -43,8 +43,15 @@ class Chain(nn.Module):
         return x
 
 
+# The plain forms, which `model_summary` gives models with a `layer_options` field; the test
+# modules here have none, so their layers get them directly.
+PLAIN = layers.LayerOptions().plain()
+
+
 def conv(kernel, **options):
-    return functools.partial(layers.ConvBlock, 4, kernel, activation="identity", **options)
+    return functools.partial(
+        layers.ConvBlock, 4, kernel, activation="identity", layer_options=PLAIN, **options
+    )
 
 
 def fields_by_path(model, input_shape):
@@ -63,8 +70,8 @@ def test_two_3x3_convolutions_see_5_pixels(padding, start):
 
 
 def test_pooling_between_convolutions_doubles_the_jump():
-    reshape_pool = functools.partial(layers.pool, kind="max", window=2, stride=2)  # 14 = 7 * 2
-    fields = fields_by_path(Chain((conv(3), reshape_pool, conv(3))), (16, 16, 1))
+    pool_2x2 = functools.partial(layers.pool, kind="max", window=2, stride=2, layer_options=PLAIN)
+    fields = fields_by_path(Chain((conv(3), pool_2x2, conv(3))), (16, 16, 1))  # 14 = 7 * 2
     # 3 -> pool: 3 + 1 = 4, jump 2 -> conv: 4 + 2 * 2 = 8; first center (0 + 7) / 2.
     assert fields["ConvBlock_1"] == square(8, 2, Fraction(7, 2))
     overlapping = functools.partial(nn.max_pool, window_shape=(3, 3), strides=(2, 2))
@@ -148,7 +155,8 @@ def test_added_or_concatenated_branches_take_the_union(concat):
 
 
 def test_inception_module_is_its_widest_branch():
-    module = Chain((functools.partial(Inception, (2, 2, 2, 2, 2, 2), "relu", "none", 5),))
+    inception = functools.partial(Inception, (2, 2, 2, 2, 2, 2), "relu", "none", 5, PLAIN)
+    module = Chain((inception,))
     assert fields_by_path(module, (8, 8, 3))["Inception_0"] == square(5, 1, 0)
 
 
@@ -208,7 +216,7 @@ def test_fields_match_the_pixels_a_linear_network_reads():
     def net(x):
         x = jnp.pad(x, ((0, 0), (1, 2), (1, 2), (0, 0)))
         x = ones_conv(x, 3, padding="SAME")
-        x = layers.pool(x, "average", 2, 2)  # 24 -> 12
+        x = layers.pool(x, "average", 2, 2, layer_options=PLAIN)  # 24 -> 12
         x = x + ones_conv(x, 3, padding="SAME", dilation=2)
         x = nn.avg_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         x = jnp.concatenate(
@@ -232,7 +240,8 @@ def test_fields_match_the_pixels_a_linear_network_reads():
 def test_upsampled_fields_match_the_pixels_read():
     def unet_like(x):
         skip = ones_conv(x, 3, padding="SAME")  # [B, 24, 24, 2]
-        x = ones_conv(layers.pool(skip, "average", 2, 2), 3, padding="SAME")  # 12x12
+        pooled = layers.pool(skip, "average", 2, 2, layer_options=PLAIN)
+        x = ones_conv(pooled, 3, padding="SAME")  # 12x12
         x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)  # 24x24, nearest
         x = ones_conv(x, 2, padding="SAME")
         return ones_conv(jnp.concatenate([skip, x], -1), 3, padding="SAME")

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from ml_collections.config_flags import config_flags
 
+from cnnjax.config_loader import format_value
 from cnnjax.errors import UserError
 from cnnjax.sweep import stats
-from cnnjax.sweep.plan import expand_factors, format_value, make_plan
+from cnnjax.sweep.plan import expand_factors, make_plan
 from cnnjax.sweep.worker import error_line
 from tests.conftest import RECIPE
 
@@ -141,7 +142,7 @@ def test_error_line_is_the_one_line_error_or_the_exception():
 
 
 def test_local_workers_get_disjoint_core_slots():
-    from launch.local import core_slots
+    from cnnjax.sweep.local_executor import core_slots
 
     assert core_slots(2, cores=[0, 1]) == [(0,), (1,)]
     assert core_slots(2, cores=[0, 1, 2, 3, 4]) == [(0, 1), (2, 3)]
@@ -157,4 +158,7 @@ def test_keys_added_to_cnnjax_later_keep_the_run_ids_of_existing_sweeps():
     # The hash of the base config before optimizer.allow_lr_increase existed (cnnjax c316b4f).
     assert config_hash(config) == "e9ca3f2c"
     config.optimizer.allow_lr_increase = True  # away from its default it is part of the id
+    assert config_hash(config) != "e9ca3f2c"
+    config = get_base_config()  # likewise model.fast_paths, added after that
+    config.model.fast_paths = False
     assert config_hash(config) != "e9ca3f2c"

@@ -2,16 +2,16 @@
 
 from types import SimpleNamespace
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import run_cnnjax
+from conftest import ROOT
 
+from cnnjax import load_config, train_and_evaluate
 from cnnjax.data import tasks
 from cnnjax.data.sources import Split
 from cnnjax.errors import UserError
-from cnnjax.train import steps
+from cnnjax.train import evaluation, steps
 
 
 def _split(n=50, seed=0):
@@ -60,8 +60,8 @@ def test_unknown_task_fails_clearly():
 def test_mean_iou_from_a_known_confusion_matrix():
     # Class 0: TP 3, FP 1, FN 1 -> 3/5; class 1: TP 2, FP 1, FN 1 -> 2/4; class 2 absent.
     confusion = np.array([[3, 1, 0], [1, 2, 0], [0, 0, 0]], np.float32)
-    sums = {"loss_sum": 0.0, "correct": 5.0, "count": 7.0, "confusion": confusion}
-    summary = steps.summarize(sums)
+    sums = {"loss_sum": 0.0, "top_1_correct": 5, "count": 7, "confusion": confusion}
+    summary = evaluation.loss_and_accuracy(sums, with_mean_iou=True)
     assert summary["accuracy"] == pytest.approx(5 / 7)
     assert summary["mean_iou"] == pytest.approx((3 / 5 + 2 / 4) / 2)
 
@@ -72,32 +72,42 @@ def test_eval_step_counts_pixels_and_builds_the_confusion_matrix():
     # A stand-in state whose "model" returns its input as the logits.
     state = SimpleNamespace(apply_fn=lambda variables, x, train: x, params={}, batch_stats={})
     batch = {"image": logits, "label": labels, "mask": jnp.array([1.0, 0.0])}
-    metrics = steps.eval_step(state, batch, num_classes=3, with_confusion=True)
-    assert float(metrics["count"]) == 2.0  # two pixels of the one real example
-    assert float(metrics["correct"]) == 1.0
+    sums = evaluation.eval_step(state, batch, steps.StepOptions(num_classes=3))
+    assert int(sums["count"]) == 2  # two pixels of the one real example
+    assert int(sums["top_1_correct"]) == 1
     expected = np.zeros((3, 3))
     expected[1, 1] = 1  # pixel (0, 0): true 1, predicted 1
     expected[0, 2] = 1  # pixel (0, 1): true 0, predicted 2
-    np.testing.assert_array_equal(np.asarray(metrics["confusion"]), expected)
-    assert jax is not None
+    np.testing.assert_array_equal(np.asarray(sums["confusion"]), expected)
+    # Pixel (0, 0): log-softmax of (0, 5, 0) at 1; pixel (0, 1): of (0, 0, 5) at 0.
+    expected_loss = np.log(2 + np.exp(5)) - 5 + np.log(2 + np.exp(5))
+    assert float(sums["loss_sum"]) == pytest.approx(expected_loss, rel=1e-5)
 
 
-@pytest.mark.parametrize("recipe", ["unet_segmentation", "convnet1d_rows", "c3d_motion"])
+# Per task recipe: what its results must hold beyond the shared keys.
+TASK_RECIPES = {
+    "unet_segmentation": "test_mean_iou",
+    "convnet1d_rows": None,
+    "c3d_motion": None,
+}
+
+
+@pytest.mark.parametrize("recipe", sorted(TASK_RECIPES))
 def test_task_recipes_train_end_to_end(tmp_path, data_dir, recipe):
-    result = run_cnnjax("train", f"--config=configs/{recipe}.py:smoke", f"--workdir={tmp_path}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    import json
-
-    results = json.loads((tmp_path / "results.json").read_text())
+    config = load_config(f"{ROOT}/configs/{recipe}.py:smoke", {"data.data_dir": data_dir})
+    results = train_and_evaluate(config, str(tmp_path)).results
+    assert results["epochs"] == config.train.epochs and results["steps"] > 0
+    assert np.isfinite(results["test_loss"]) and np.isfinite(results["train_loss"])
     assert 0.0 <= results["test_accuracy"] <= 1.0
-    assert ("test_mean_iou" in results) == (recipe == "unet_segmentation")
+    assert ("test_mean_iou" in results) == (TASK_RECIPES[recipe] == "test_mean_iou")
+    if "test_mean_iou" in results:
+        assert 0.0 <= results["test_mean_iou"] <= 1.0
 
 
 def test_model_and_task_must_match(tmp_path, data_dir):
-    result = run_cnnjax(
-        "train",
-        "--config=configs/unet_segmentation.py:smoke",
-        f"--workdir={tmp_path}",
-        "--config.data.task=classification",
+    config = load_config(
+        f"{ROOT}/configs/unet_segmentation.py:smoke",
+        {"data.data_dir": data_dir, "data.task": "classification"},
     )
-    assert result.returncode == 2 and "is for segmentation" in result.stderr
+    with pytest.raises(UserError, match="model 'unet_small' is for segmentation"):
+        train_and_evaluate(config, str(tmp_path))

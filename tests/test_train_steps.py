@@ -1,18 +1,29 @@
 """Pure steps, optimizers and schedules: numbers, not only shapes."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import pytest
 
 from cnnjax import models
 from cnnjax.config_base import get_base_config
 from cnnjax.errors import UserError
-from cnnjax.train.loop import make_steps
+from cnnjax.train import steps
 from cnnjax.train.optim import decay_mask, make_optimizer, make_schedule
+from cnnjax.train.run import make_steps
 from cnnjax.train.state import create_train_state
+
+OPTIONS = steps.StepOptions(num_classes=10)
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    """The jitted steps of `make_steps`, shared by the module: a state of the same model and
+    optimizer (`_state` reuses them) traces and compiles once for all the tests."""
+    return make_steps(OPTIONS)
 
 
 def _batch(size=32, seed=0):
@@ -24,55 +35,96 @@ def _batch(size=32, seed=0):
     }
 
 
-def _state(normalization="none", dropout_rate=0.0, learning_rate=1e-3, name="adam"):
+@functools.cache
+def _initial(normalization: str, dropout_rate: float):
+    """LeNet-5's initial state (seed 0), initialized once per model."""
+    model = models.create("lenet5", normalization=normalization, dropout_rate=dropout_rate)
+    return create_train_state(model, _optimizer("adam", 1e-3), input_shape=(28, 28, 1), seed=0)
+
+
+@functools.cache
+def _optimizer(name: str, learning_rate: float):
+    # One object per choice: the optimizer is a static part of the state for `jax.jit`.
     optimizer = get_base_config().optimizer
     optimizer.name, optimizer.learning_rate = name, learning_rate
-    tx = make_optimizer(optimizer, steps_per_epoch=10, total_steps=100)
-    model = models.create("lenet5", normalization=normalization, dropout_rate=dropout_rate)
-    return create_train_state(model, tx, input_shape=(28, 28, 1), seed=0)
+    return make_optimizer(optimizer, steps_per_epoch=10, total_steps=100)
 
 
-def test_train_step_compiles_once_and_overfits_a_batch():
-    train_fn, eval_fn, _ = make_steps(num_classes=10, label_smoothing=0.0)
+@functools.cache
+def _template(normalization, dropout_rate, name, learning_rate):
+    initial, tx = _initial(normalization, dropout_rate), _optimizer(name, learning_rate)
+    return initial.replace(tx=tx, opt_state=tx.init(initial.params))
+
+
+def _state(normalization="none", dropout_rate=0.0, learning_rate=1e-3, name="adam"):
+    """A fresh copy (the train step donates its state) of the initial state."""
+    return jax.tree.map(jnp.copy, _template(normalization, dropout_rate, name, learning_rate))
+
+
+def test_train_step_compiles_once_and_overfits_a_batch(compiled):
     state, batch = _state(normalization="batch", dropout_rate=0.1), _batch()
-    initial = eval_fn(state, batch)
-    for _ in range(60):
-        state, metrics = train_fn(state, batch)
-    final = eval_fn(state, batch)
-    assert train_fn._cache_size() == 1  # no retracing across steps
+    initial = compiled.evaluate(state, batch)
+    state, _ = compiled.train(state, batch)
+    traced = compiled.train._cache_size()
+    for _ in range(59):
+        state, metrics = compiled.train(state, batch)
+    final = compiled.evaluate(state, batch)
+    assert compiled.train._cache_size() == traced  # no retracing across steps
     assert int(state.step) == 60
     assert float(final["loss_sum"]) < 0.1 * float(initial["loss_sum"])
-    assert float(final["correct"]) == 32.0
+    assert int(final["top_1_correct"]) == 32
 
 
-def test_batch_stats_update_in_training_only():
-    train_fn, eval_fn, _ = make_steps(num_classes=10, label_smoothing=0.0)
-    state = _state(normalization="batch")
+def test_batch_stats_update_in_training_only(compiled):
+    state = _state(normalization="batch", dropout_rate=0.1)
     before = jax.tree.map(np.array, state.batch_stats)
-    eval_fn(state, _batch())
-    np.testing.assert_array_equal(jax.tree.leaves(before)[0], jax.tree.leaves(state.batch_stats)[0])
-    state, _ = train_fn(state, _batch())
-    assert not np.array_equal(jax.tree.leaves(before)[0], jax.tree.leaves(state.batch_stats)[0])
+    compiled.evaluate(state, _batch())
+    for old, new in zip(jax.tree.leaves(before), jax.tree.leaves(state.batch_stats), strict=True):
+        np.testing.assert_array_equal(old, new)
+    state, _ = compiled.train(state, _batch())
+    for old, new in zip(jax.tree.leaves(before), jax.tree.leaves(state.batch_stats), strict=True):
+        assert not np.array_equal(old, new)
 
 
-def test_eval_step_counts_only_unmasked_examples():
-    _, eval_fn, _ = make_steps(num_classes=10, label_smoothing=0.0)
+def test_eval_step_counts_only_unmasked_examples(compiled):
     state, batch = _state(), _batch(8)
-    full = eval_fn(state, batch)
+    full = compiled.evaluate(state, batch)
     # A copy: on CPU, jit may read the numpy buffer in place after returning.
     batch["mask"] = np.concatenate([np.ones(4, np.float32), np.zeros(4, np.float32)])
-    half = eval_fn(state, batch)
-    first_half = eval_fn(state, {k: v[:4] for k, v in batch.items()})
-    assert float(half["count"]) == 4.0
+    half = compiled.evaluate(state, batch)
+    first_half = compiled.evaluate(state, {k: v[:4] for k, v in batch.items()})
+    assert int(half["count"]) == 4 and int(full["count"]) == 8
     np.testing.assert_allclose(float(half["loss_sum"]), float(first_half["loss_sum"]), rtol=1e-6)
-    assert float(full["count"]) == 8.0
+    assert float(full["loss_sum"]) > float(half["loss_sum"]) + 1.0  # the masked half counted
 
 
-def test_step_randomness_is_a_function_of_the_step():
-    train_fn, _, _ = make_steps(num_classes=10, label_smoothing=0.0)
-    a, _ = train_fn(_state(dropout_rate=0.5), _batch())
-    b, _ = train_fn(_state(dropout_rate=0.5), _batch())
-    jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
+def test_dropout_key_is_fold_in_of_the_run_key_and_the_step(compiled):
+    """Same weights, same batch: the step number alone changes the dropout masks, and the
+    step's loss is the training loss under fold_in(fold_in(run key, step), 0) (0: the dropout
+    purpose), so a resumed run draws the same masks."""
+    state, batch = _state(dropout_rate=0.5), _batch()
+
+    def at_step(step):
+        return jax.tree.map(jnp.copy, state.replace(step=jnp.asarray(step, jnp.int32)))
+
+    after_a, first = compiled.train(at_step(0), batch)
+    after_b, again = compiled.train(at_step(0), batch)
+    _, second = compiled.train(at_step(1), batch)
+    jax.tree.map(np.testing.assert_array_equal, after_a.params, after_b.params)
+    assert float(first["loss_sum"]) == float(again["loss_sum"])
+    assert abs(float(second["loss_sum"]) - float(first["loss_sum"])) > 0.1  # other masks
+
+    @jax.jit
+    def loss_sum(key):
+        loss, _ = steps.training_loss(
+            state.params, state.batch_stats, state.apply_fn, batch, key, OPTIONS
+        )
+        return loss * len(batch["label"])
+
+    run_key = jax.random.wrap_key_data(state.key)
+    for step, metrics in ((0, first), (1, second)):
+        key = jax.random.fold_in(jax.random.fold_in(run_key, step), 0)
+        np.testing.assert_allclose(float(loss_sum(key)), float(metrics["loss_sum"]), rtol=1e-5)
 
 
 def test_weight_decay_skips_biases_and_norm_scales():
@@ -106,13 +158,15 @@ LEARNING_RATES = {
 
 
 @pytest.mark.parametrize("name", sorted(LEARNING_RATES))
-def test_every_optimizer_lowers_the_loss(name):
-    train_fn, eval_fn, _ = make_steps(num_classes=10, label_smoothing=0.0)
+def test_every_optimizer_lowers_the_loss(compiled, name):
+    # Without dropout or batch norm the training loss of a step is the loss of the weights it
+    # starts from: the first and last steps measure it (no evaluation step to compile).
     state, batch = _state(name=name, learning_rate=LEARNING_RATES[name]), _batch()
-    initial = float(eval_fn(state, batch)["loss_sum"])
-    for _ in range(15):
-        state, _ = train_fn(state, batch)
-    assert float(eval_fn(state, batch)["loss_sum"]) < 0.8 * initial
+    state, first = compiled.train(state, batch)
+    for _ in range(14):
+        state, _ = compiled.train(state, batch)
+    _, last = compiled.train(state, batch)
+    assert float(last["loss_sum"]) < 0.8 * float(first["loss_sum"])
 
 
 def test_schedules_hit_their_defining_values():
@@ -131,15 +185,13 @@ def test_schedules_hit_their_defining_values():
 
 
 def test_label_smoothing_changes_the_target():
-    from cnnjax.train.steps import cross_entropy
-
     logits = jnp.array([[10.0, 0.0]])
-    hard = cross_entropy(logits, jnp.array([0]), num_classes=2)
-    smooth = cross_entropy(logits, jnp.array([0]), num_classes=2, label_smoothing=0.2)
+    hard = steps.cross_entropy(logits, jnp.array([0]), num_classes=2)
+    smooth = steps.cross_entropy(logits, jnp.array([0]), num_classes=2, label_smoothing=0.2)
     expected = -(0.9 * jax.nn.log_softmax(logits)[0, 0] + 0.1 * jax.nn.log_softmax(logits)[0, 1])
     np.testing.assert_allclose(float(smooth[0]), float(expected), rtol=1e-6)
+    np.testing.assert_allclose(float(hard[0]), -float(jax.nn.log_softmax(logits)[0, 0]), rtol=1e-6)
     assert float(smooth[0]) > float(hard[0])
-    assert optax is not None
 
 
 def test_unknown_optimizer_fails_clearly():

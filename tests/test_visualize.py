@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import run_cnnjax
 
 from cnnjax import models
 from cnnjax.inspect import activations as act
@@ -195,19 +194,22 @@ def test_visualize_workdir_writes_every_figure(smoke_run, data_dir, monkeypatch)
     assert all(path in listing for path in paths.values())
 
 
-def test_visualize_command(smoke_run):
-    from cnnjax import cli
+def test_chosen_layers_and_images_of_the_best_checkpoint(smoke_run, capsys):
+    from cnnjax.inspect.visualize import visualize_workdir
 
-    if "visualize" not in cli.COMMANDS:
-        pytest.skip("`cnnjax visualize` is not wired into cnnjax.cli yet")
-    layers = "--layers=ConvBlock_0/Conv_0,Dense_0/act"  # a module path; a layer without maps
-    result = run_cnnjax("visualize", f"--workdir={smoke_run}", layers, "--images=3,5")
-    assert result.returncode == 0, result.stderr[-2000:]
+    # A module path, and a layer without spatial maps; as strings, as the command line gives them.
+    paths = visualize_workdir(
+        smoke_run, layers="ConvBlock_0/Conv_0,Dense_0/act", image_indices="3,5"
+    )
     out_dir = os.path.join(smoke_run, "visualize")  # the best checkpoint: no step_N folder
-    _assert_png(os.path.join(out_dir, "feature_maps_ConvBlock_0-Conv_0.png"))
+    maps = os.path.join(out_dir, "feature_maps_ConvBlock_0-Conv_0.png")
+    assert paths["feature_maps_ConvBlock_0-Conv_0"] == maps
+    _assert_png(maps)
+    assert not [name for name in paths if name.startswith("feature_maps_Dense")]
     assert not os.path.exists(os.path.join(out_dir, "feature_maps_Dense_0-act.png"))
-    assert "Dense_0/act has no spatial maps" in result.stdout
-    assert os.path.join(out_dir, "saliency.png") in result.stdout
+    assert "visualize: Dense_0/act has no spatial maps" in capsys.readouterr().out
+    assert paths["saliency"] == os.path.join(out_dir, "saliency.png")
+    _assert_png(paths["saliency"])
 
 
 def test_loaded_run_keeps_the_parameters_training_started_from(smoke_run):
@@ -217,9 +219,8 @@ def test_loaded_run_keeps_the_parameters_training_started_from(smoke_run):
     from cnnjax.train.trained_run import load_trained_run
 
     trained = load_trained_run(smoke_run, "latest")
-    run = trained.run
     initial = create_train_state(
-        run.model, optax.identity(), input_shape=run.input_shape, seed=run.config.seed
+        trained.model, optax.identity(), input_shape=trained.input_shape, seed=trained.config.seed
     ).params
     for start, fresh in zip(
         jax.tree.leaves(trained.initial_params), jax.tree.leaves(initial), strict=True

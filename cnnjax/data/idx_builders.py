@@ -18,8 +18,7 @@ import PIL.Image
 import tensorflow_datasets as tfds
 from tensorflow_datasets.image_classification import mnist
 
-from cnnjax.data.sources import describe
-from cnnjax.errors import UserError
+from cnnjax.errors import UserError, describe
 
 # The four files of the IDX distribution, per split prefix.
 SPLIT_PREFIXES = {"train": "train", "test": "t10k"}
@@ -53,7 +52,7 @@ class _IdxFilesMixin:
     """Split generators that read `<source_dir>/{train,t10k}-*-ubyte.gz`."""
 
     # How to get good copies of the files, in the error for a damaged one.
-    REPAIR_HINT = "point --config.data.source_dir at good copies"
+    REPAIR_HINT = "point config.data.source_dir at good copies"
 
     def __init__(self, *, source_dir: str, **kwargs):
         self._source_dir = source_dir
@@ -92,7 +91,7 @@ class LocalFashionMNIST(_IdxFilesMixin, mnist.FashionMNIST, skip_registration=Tr
     name = "fashion_mnist"
     REPAIR_HINT = (
         "reinstall them (apt-get install --reinstall dataset-fashion-mnist) or point "
-        "--config.data.source_dir at good copies"
+        "config.data.source_dir at good copies"
     )
 
 

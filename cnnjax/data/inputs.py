@@ -1,6 +1,7 @@
 """The training run's input, whatever the dataset: `make_input(config) -> RunInput`.
 
-Two kinds share one interface (sizes, `train_batches(start_step)`, `eval_batches()`):
+Two kinds share one interface, `TrainingData` (sizes, `train_batches(start_step)`,
+`eval_batches()`), which a user's own data can also implement:
 
 * in memory: small datasets (Fashion-MNIST, MNIST, CIFAR) loaded whole as uint8 arrays, the
   tasks derived from them, the crop/flip pipeline (cnnjax/data/pipeline.py);
@@ -11,11 +12,14 @@ Two kinds share one interface (sizes, `train_batches(start_step)`, `eval_batches
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Iterator
+from typing import Protocol
 
 import ml_collections
+import numpy as np
 
 from cnnjax.data import imagenet, pipeline, sources, subsets, tasks
 from cnnjax.errors import UserError
@@ -23,10 +27,57 @@ from cnnjax.errors import UserError
 STREAMING_DATASETS = ("imagenet2012", "imagenette", "imagefolder")
 
 
-class InMemoryInput:
-    """Small datasets held in memory; batches are functions of (seed, step)."""
+class TrainingData(Protocol):
+    """What the training loop needs of its data (pass your own to `train_and_evaluate`).
 
-    def __init__(self, config: ml_collections.ConfigDict):
+    `train_batches(start_step)` yields {'image': float32 [B, ...], 'label': int [B] or
+    [B, H, W]} from step `start_step` on, the same batches for the same step (a resumed run
+    continues exactly); `eval_batches()` yields the whole evaluation split once, with a
+    'mask' [B] of 1 for real examples and 0 for padding (every batch the same size).
+    """
+
+    num_train: int
+    num_classes: int
+    input_shape: tuple[int, ...]  # one example, e.g. [H, W, C]
+
+    def train_batches(self, start_step: int) -> Iterator[dict]: ...
+
+    def eval_batches(self) -> Iterator[dict]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingSplitStats:
+    """What evaluation needs to know of the training split: saved in the workdir by training,
+    so that evaluating or inspecting a run does not load the training split again."""
+
+    num_train: int
+    num_classes: int
+    mean: tuple[float, ...]  # per channel, of images / 255
+    std: tuple[float, ...]
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, saved: dict) -> TrainingSplitStats:
+        return cls(
+            int(saved["num_train"]),
+            int(saved["num_classes"]),
+            tuple(map(float, saved["mean"])),
+            tuple(map(float, saved["std"])),
+        )
+
+
+class InMemoryInput:
+    """Small datasets held in memory; batches are functions of (seed, step).
+
+    With `train_stats` (of an earlier run) only the evaluation split is loaded: evaluation and
+    inspection, not training.
+    """
+
+    def __init__(
+        self, config: ml_collections.ConfigDict, train_stats: TrainingSplitStats | None = None
+    ):
         cfg = config.data
         load = functools.partial(
             sources.load_split,
@@ -35,27 +86,41 @@ class InMemoryInput:
             source_dir=cfg.source_dir,
             download=cfg.download,
         )
-        train = subsets.select_classes(
-            load(cfg.train_split), cfg.classes, examples_per_class=cfg.train_examples_per_class
-        )
         test = subsets.select_classes(load(cfg.eval_split), cfg.classes)
         # Derived tasks use other seeds for the two splits: different canvases and clips.
-        self.train_split = tasks.derive(cfg.task, train, seed=config.seed)
         self.test_split = tasks.derive(cfg.task, test, seed=config.seed + 1)
+        if train_stats is None:
+            train = subsets.select_classes(
+                load(cfg.train_split), cfg.classes, examples_per_class=cfg.train_examples_per_class
+            )
+            self.train_split = tasks.derive(cfg.task, train, seed=config.seed)
+            mean, std = pipeline.channel_stats(self.train_split.images)
+            train_stats = TrainingSplitStats(
+                len(self.train_split.labels),
+                self.train_split.num_classes,
+                tuple(map(float, mean)),
+                tuple(map(float, std)),
+            )
+        else:
+            self.train_split = None
+        self.train_stats = train_stats
         self.augment = pipeline.AugmentConfig(**cfg.augment.to_dict())
-        self.mean, self.std = pipeline.channel_stats(self.train_split.images)
+        # float32 -> float -> float32 is exact, so saved statistics normalize bit for bit alike.
+        self.mean = np.asarray(train_stats.mean, np.float32)
+        self.std = np.asarray(train_stats.std, np.float32)
         self.batch_size, self.eval_batch_size, self.seed = (
             cfg.batch_size,
             cfg.eval_batch_size,
             config.seed,
         )
-        self.num_train = len(self.train_split.labels)
-        self.num_classes = self.train_split.num_classes
-        height, width, *rest = self.train_split.images.shape[1:]
+        self.num_train, self.num_classes = train_stats.num_train, train_stats.num_classes
+        height, width, *rest = self.test_split.images.shape[1:]
         scale = cfg.augment.upscale  # the pipeline upscales images by this integer factor
         self.input_shape = (height * scale, width * scale, *rest)
 
     def train_batches(self, start_step: int) -> Iterator[dict]:
+        if self.train_split is None:
+            raise ValueError("this input was built for evaluation only (from saved statistics)")
         return iter(
             pipeline.TrainBatches(
                 self.train_split,
@@ -81,6 +146,8 @@ class InMemoryInput:
 class StreamingInput:
     """ImageNet-style datasets decoded per batch (they do not fit in memory)."""
 
+    train_stats = None  # fixed normalization: nothing to save
+
     def __init__(self, config: ml_collections.ConfigDict):
         cfg = config.data
         if cfg.task != "classification":
@@ -102,7 +169,7 @@ class StreamingInput:
         if cfg.name == "imagefolder":
             if not cfg.image_folder:
                 raise UserError(
-                    "data.name=imagefolder needs --config.data.image_folder=DIR holding "
+                    "data.name=imagefolder needs config.data.image_folder=DIR holding "
                     "DIR/<split>/<class>/*.jpg (splits: data.train_split, data.eval_split)"
                 )
             return imagenet.ImageFolderSource(os.path.join(cfg.image_folder, split))
@@ -135,7 +202,11 @@ class StreamingInput:
 RunInput = InMemoryInput | StreamingInput
 
 
-def make_input(config: ml_collections.ConfigDict) -> RunInput:
+def make_input(
+    config: ml_collections.ConfigDict, train_stats: TrainingSplitStats | None = None
+) -> RunInput:
+    """The input of `config.data`; with `train_stats` (saved by training) an in-memory dataset
+    loads only its evaluation split."""
     if config.data.name in STREAMING_DATASETS:
         return StreamingInput(config)
-    return InMemoryInput(config)
+    return InMemoryInput(config, train_stats)

@@ -16,7 +16,7 @@ import numpy as np
 
 from cnnjax import fast_paths
 from cnnjax.data import decoded_cache
-from cnnjax.errors import UserError
+from cnnjax.errors import UserError, describe
 
 KNOWN_DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100")
 # Where Debian's package dataset-fashion-mnist installs the IDX files.
@@ -65,7 +65,7 @@ def load_split(
         source = open_data_source(tfds, name, split, data_dir)
     builder = tfds.builder(name, data_dir=data_dir)
     num_classes = builder.info.features["label"].num_classes
-    cache = decoded_cache.cache_path(source) if fast_paths.enabled_by_environment() else None
+    cache = _cache_entry(source, data_dir) if fast_paths.enabled_by_environment() else None
     cached = decoded_cache.load(cache)
     if cached is not None:
         return Split(*cached, num_classes)
@@ -75,6 +75,18 @@ def load_split(
         raise unreadable(name, data_dir, builder.data_dir, error) from None
     decoded_cache.save(cache, split.images, split.labels)
     return split
+
+
+def _cache_entry(source, data_dir: str) -> str | None:
+    """The decoded-cache entry of `source` when it reads a dataset prepared in `data_dir`, else
+    None. tfds.testing.mock_data's sources claim TFDS's own package folder as their dataset's
+    (testing/metadata/NAME/VERSION): an entry written there would create that folder, which later
+    mocks take for the dataset's real metadata (with no splits), so reading the mock would fail."""
+    path = decoded_cache.cache_path(source)
+    if path is None:
+        return None
+    inside = os.path.realpath(path).startswith(os.path.realpath(data_dir) + os.sep)
+    return path if inside else None
 
 
 class NotPrepared(Exception):
@@ -97,12 +109,6 @@ def unreadable(name: str, data_dir: str, folder: str, error: BaseException) -> U
         f"the prepared dataset {name!r} in {data_dir} cannot be read ({describe(error)}): "
         f"delete {folder} so that it is prepared again"
     )
-
-
-def describe(error: BaseException) -> str:
-    """`Type: first line of the message`, for one-line errors."""
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0] if text else 'no details'}"
 
 
 def open_data_source(tfds, name: str, split: str, data_dir: str, decoders=None):
@@ -179,7 +185,7 @@ def _read_all(source, num_classes: int) -> Split:
         images.append(np.stack([r["image"] for r in records]))
         labels.append(np.array([r["label"] for r in records], np.int32))
     if not images:
-        raise UserError("the requested split is empty: check --config.data.*_split")
+        raise UserError("the requested split is empty: check config.data.*_split")
     return Split(np.concatenate(images), np.concatenate(labels), num_classes)
 
 
@@ -213,16 +219,15 @@ def _not_found(name: str, data_dir: str, folder: str | None) -> UserError:
         return UserError(
             f"dataset 'fashion_mnist' is not prepared in {data_dir} and its IDX files are not in "
             f"{folder}: run `apt-get install dataset-fashion-mnist`, set {SOURCE_DIR_ENV} (or "
-            "--config.data.source_dir) to a folder holding them, or pass "
-            "--config.data.download=True with internet access"
+            "config.data.source_dir) to a folder holding them, or pass "
+            "config.data.download=True with internet access"
         )
     local_hint = (
-        f"set {SOURCE_DIR_ENV} (or --config.data.source_dir) to a folder with its IDX .gz "
-        "files, or "
+        f"set {SOURCE_DIR_ENV} (or config.data.source_dir) to a folder with its IDX .gz files, or "
         if name == "mnist"
         else ""
     )
     return UserError(
         f"dataset {name!r} is not prepared in {data_dir}: {local_hint}pass "
-        "--config.data.download=True with internet access (TFDS downloads and prepares it)"
+        "config.data.download=True with internet access (TFDS downloads and prepares it)"
     )

@@ -1,42 +1,37 @@
 """`cnnjax eval`: a trained run's checkpoint evaluated beyond top-1, written to files and plots.
 
-`evaluate_workdir(workdir, checkpoint)` restores the checkpoint, runs `full_eval_step` over every
-example of the evaluation split and writes, into `DIR/eval/step_<STEP>_<SPLIT>[_ema]/`:
-metrics.json, confusion.csv, per_class.csv, confusion.png and reliability.png; and TensorBoard
-scalars and images under `DIR/tensorboard/eval/<SPLIT>[_ema]` at the checkpoint's step, so
-`tensorboard --logdir DIR/tensorboard` shows training and evaluations side by side.
+`evaluate_workdir(workdir, checkpoint)` restores the checkpoint, runs the evaluator that training
+uses (cnnjax/train/evaluation.py) over every example of the evaluation split and writes, into
+`DIR/eval/step_<STEP>_<SPLIT>[_ema]/`: metrics.json, confusion.csv, per_class.csv, confusion.png
+and reliability.png; and TensorBoard scalars and images under
+`DIR/tensorboard/eval/<SPLIT>[_ema]` at the checkpoint's step, so `tensorboard --logdir
+DIR/tensorboard` shows training and evaluations side by side.
 """
 
 from __future__ import annotations
 
 import csv
-import functools
 import glob
 import json
 import os
 import re
 
 import jax
-import jax.numpy as jnp
-import matplotlib
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from tensorboardX import SummaryWriter
 
-from cnnjax import parallel
 from cnnjax.data import sources
 from cnnjax.data.subsets import parse_classes
 from cnnjax.errors import UserError
-from cnnjax.inspect.evaluation import add_sums, full_eval_step, summarize_evaluation
-from cnnjax.train.run import device_prefetch
+from cnnjax.train.evaluation import summarize_evaluation
 from cnnjax.train.trained_run import (
     TrainedRun,
     load_trained_run,
     read_run_config,
 )
 from cnnjax.train.workdir import ensure_writable, write_failure
-
-matplotlib.use("Agg")  # files only: no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
 
 # Used when TFDS cannot tell (e.g. a dataset prepared elsewhere without its metadata).
 CLASS_NAMES = {
@@ -59,7 +54,7 @@ OUTPUT_FILES = (
 
 
 def class_names(run) -> list[str]:
-    """Names of the classes of a run (cnnjax.train.loop.Run): from the dataset (TFDS metadata or
+    """Names of the classes of a run (a TrainedRun): from the dataset (TFDS metadata or
     the image folder), a table of the usual ones, or the class indices; a class subset
     (`data.classes`) keeps its selected names in its order."""
     cfg, num_classes = run.config.data, run.input.num_classes
@@ -94,31 +89,8 @@ def _slug(split: str, use_ema: bool) -> str:
 
 
 def compute_sums(trained: TrainedRun, *, use_ema: bool = False) -> dict[str, np.ndarray]:
-    """`full_eval_step` sums over every example of the run's evaluation split, on the host.
-
-    The step is jitted once with the run's shardings (state replicated, batch split over the
-    mesh); the sums stay on device until the loop ends, so batches are never waited for.
-    """
-    config, mesh = trained.config, trained.run.mesh
-    dtype = config.train.compute_dtype
-    step = functools.partial(
-        full_eval_step,
-        num_classes=trained.run.input.num_classes,
-        compute_dtype=None if dtype == "float32" else jnp.dtype(dtype),
-        use_ema=use_ema,
-    )
-    replicated = parallel.replicated(mesh)
-    step = jax.jit(
-        step,
-        in_shardings=(replicated, parallel.batch_sharding(mesh)),
-        out_shardings=replicated,
-    )
-    sums = None
-    for batch in device_prefetch(trained.run.input.eval_batches(), mesh=mesh):
-        sums = add_sums(sums, step(trained.state, batch))
-    if sums is None:
-        raise UserError(f"split {config.data.eval_split!r} has no examples: check --split")
-    return jax.device_get(sums)
+    """The evaluator's sums over every example of the run's evaluation split, on the host."""
+    return trained.evaluation_sums(use_ema=use_ema)
 
 
 def evaluate_workdir(
@@ -147,7 +119,7 @@ def evaluate_workdir(
         "model": cfg.model.name,
         "dataset": cfg.data.name,
         "task": cfg.data.task,
-        "class_names": class_names(trained.run),
+        "class_names": class_names(trained),
         **summarize_evaluation(sums, with_mean_iou=cfg.data.task == "segmentation"),
     }
     slug = _slug(cfg.data.eval_split, use_ema)
@@ -209,7 +181,7 @@ def _write_tensorboard(logdir: str, result: dict, figures: dict) -> None:
         if name in result:
             writer.add_scalar(f"eval/{name}", result[name], step)
     for name, fig in figures.items():
-        writer.add_figure(f"eval/{name}", fig, step, close=True)
+        writer.add_image(f"eval/{name}", figure_pixels(fig), step, dataformats="HWC")
     writer.close()
 
 
@@ -217,14 +189,23 @@ def _title(result: dict) -> str:
     return f"{result['model']} on {result['dataset']} {result['split']}, step {result['step']}"
 
 
-def plot_confusion(result: dict):
+def figure_pixels(fig: Figure) -> np.ndarray:
+    """`fig` rendered by Agg as RGB bytes [H, W, 3] (what tensorboardX's add_figure does, but
+    without pyplot, which could change the process's backend)."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def plot_confusion(result: dict) -> Figure:
     """Row-normalized confusion heat map (counts in the cells for up to 20 classes)."""
     counts = np.asarray(result["confusion"], np.int64)
     names, num_classes = result["class_names"], len(counts)
     totals = counts.sum(1, keepdims=True)
     rates = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
     size = float(np.clip(0.6 * num_classes + 2.5, 5, 20))
-    fig, ax = plt.subplots(figsize=(size + 1, size))
+    fig = Figure(figsize=(size + 1, size))
+    ax = fig.subplots()
     image = ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
     if num_classes <= ANNOTATE_MAX_CLASSES:
@@ -242,16 +223,15 @@ def plot_confusion(result: dict):
     return fig
 
 
-def plot_reliability(result: dict):
+def plot_reliability(result: dict) -> Figure:
     """Reliability diagram: accuracy per confidence bin against the diagonal, and the number of
     examples per bin below (log scale: most predictions sit in the top bin)."""
     bins = result["calibration"]
     width = bins[0]["upper"] - bins[0]["lower"]
     filled = [b for b in bins if b["count"]]
     centers = [b["lower"] + width / 2 for b in filled]
-    fig, (top, bottom) = plt.subplots(
-        2, 1, figsize=(6, 7), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
-    )
+    fig = Figure(figsize=(6, 7))
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     accuracy = [b["accuracy"] for b in filled]
     top.bar(centers, accuracy, width=width, edgecolor="black", label="accuracy")
     gap = [b["confidence"] - b["accuracy"] for b in filled]  # > 0: overconfident

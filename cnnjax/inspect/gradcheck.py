@@ -49,10 +49,11 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from cnnjax import fast_paths
 from cnnjax.data.inputs import make_input
 from cnnjax.errors import UserError
+from cnnjax.models.layers import with_plain_forms
 from cnnjax.train import steps
+from cnnjax.train.config_checks import validate_config
 from cnnjax.train.loop import build_model
 from cnnjax.train.state import count_params, create_train_state
 
@@ -170,7 +171,7 @@ def _jittered(flat: dict, scale: float, rng: np.random.Generator) -> dict:
     return noisy
 
 
-def _float64_loss(model, variables: dict, batch: dict, dropout_key, **loss_options):
+def _float64_loss(model, variables: dict, batch: dict, dropout_key, options: steps.StepOptions):
     """The training loss as a function of the flattened parameters {path: array}, in float64
     with the batch statistics, the batch and the dropout key fixed. Call within x64."""
     loss_fn = functools.partial(
@@ -179,9 +180,22 @@ def _float64_loss(model, variables: dict, batch: dict, dropout_key, **loss_optio
         apply_fn=model.apply,
         batch={"image": _to_float64(batch["image"]), "label": batch["label"]},
         dropout_key=dropout_key,
-        **loss_options,
+        options=options,
     )
     return lambda flat: loss_fn(traverse_util.unflatten_dict(flat))[0]
+
+
+def _reference_model(model: nn.Module) -> nn.Module:
+    """`model` as the check differentiates it. Its plain forms: the model's own operations,
+    the reference its fast forms are tested against (tests/test_fast_paths.py), since XLA:CPU
+    once miscompiled a float64 gradient through reshape pooling
+    (benchmarks/results/fast_paths.json). And no mesh axis for batch statistics: the whole
+    batch is on this one device, outside any mapped step."""
+    model = with_plain_forms(model)
+    options = getattr(model, "layer_options", None)
+    if options is None or options.batch_norm_axis is None:
+        return model
+    return model.clone(layer_options=dataclasses.replace(options, batch_norm_axis=None))
 
 
 def _recorder(calls: list):
@@ -302,18 +316,13 @@ def check_gradients(
     flat = _to_float64(traverse_util.flatten_dict(variables["params"]))  # {(module, name): x}
     if jitter:
         flat = _jittered(flat, jitter, rng)
-    # Traced with the plain pooling, the reference form (tests/test_fast_paths.py checks the fast
-    # one against it): with YNNPACK given dots alone (an earlier cnnjax's XLA flag), XLA:CPU
-    # compiled a float64 program with reshape pooling into a wrong first-layer kernel gradient
-    # (0.12 off in 0.43, fast_convnet); with dots and reductions (cnnjax/fast_paths.py) it does not.
-    with jax.enable_x64(True), fast_paths.use(False):
+    with jax.enable_x64(True):
         loss_of_flat = _float64_loss(
-            model,
+            _reference_model(model),
             variables,
             batch,
             jax.random.key(seed),
-            num_classes=num_classes,
-            label_smoothing=label_smoothing,
+            steps.StepOptions(num_classes=num_classes, label_smoothing=label_smoothing),
         )
         on_line, narrow, order = _compile_on_line(loss_of_flat, flat)
         loss, grads = on_line({path: np.zeros_like(x) for path, x in flat.items()}, 0.0)
@@ -354,10 +363,6 @@ def gradcheck_from_config(
     the loss is taken on the first `batch_size` training examples (augmented as in training),
     with the recipe's label smoothing. This is what `cnnjax gradcheck --config=FILE` prints.
     """
-    # Imported here: cnnjax.config_checks and cnnjax.train import each other, which works only
-    # when cnnjax.train comes first.
-    from cnnjax.config_checks import validate_config
-
     if batch_size < 1:
         raise UserError(f"the gradient check needs a batch of 1 or more (got {batch_size})")
     validate_config(config)

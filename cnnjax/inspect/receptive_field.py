@@ -32,7 +32,6 @@ import jax
 import numpy as np
 from jax.extend import core
 
-from cnnjax import fast_paths
 from cnnjax.inspect import field_grid as grid
 from cnnjax.inspect.field_grid import AxisField, Fields
 
@@ -373,8 +372,12 @@ def trace_fields(
 
 
 def receptive_field(fn: Callable[[jax.Array], jax.Array], input_shape: Sequence[int]) -> Fields:
-    """The field of `fn`'s output for an input of `input_shape` [B, *spatial, C] (traced only)."""
+    """The field of `fn`'s output for an input of `input_shape` [B, *spatial, C] (traced only).
+
+    `fn` is traced as it is: the fast forms of a model's layers (block convolutions, pooling by
+    reshape) fold pixels into channels, which hides the fields, so let `fn` apply a model with
+    plain `layer_options` (`cnnjax.models.layers.with_plain_forms`), as `cnnjax summary` does.
+    """
     x = jax.ShapeDtypeStruct(tuple(input_shape), np.float32)
-    with fast_paths.use(False):  # the model's own operations, not their faster forms
-        closed = jax.make_jaxpr(fn)(x)
+    closed = jax.make_jaxpr(fn)(x)
     return trace_fields(closed, range(1, len(input_shape) - 1))[1][0]

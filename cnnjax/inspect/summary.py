@@ -23,9 +23,9 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from cnnjax import fast_paths
 from cnnjax.inspect.receptive_field import Fields, trace_fields
 from cnnjax.models.inventory import layer_macs
+from cnnjax.models.layers import with_plain_forms
 
 MARKER = "cnnjax.summary/"  # prefix of the checkpoint names that mark module outputs
 
@@ -66,6 +66,9 @@ def _subtree_size(collection, path: tuple[str, ...]) -> int:
 
 def _trace(model: nn.Module, input_shape: tuple[int, ...]):
     """Module calls (dicts, in call order), variable shapes and fields at the markers."""
+    # The model's own operations, whose fields and shapes the table describes, not the forms
+    # XLA:CPU runs faster (LayerOptions, cnnjax/models/layers.py).
+    model = with_plain_forms(model)
     calls, active = [], []
 
     def record(next_fun, args, kwargs, context):
@@ -97,9 +100,7 @@ def _trace(model: nn.Module, input_shape: tuple[int, ...]):
             return model.init(jax.random.key(0), x, train=False)  # init runs the forward pass
 
     example = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
-    # The model's own operations, not the forms XLA:CPU runs faster (cnnjax/fast_paths.py).
-    with fast_paths.use(False):
-        closed, variables = jax.make_jaxpr(forward, return_shape=True)(example)
+    closed, variables = jax.make_jaxpr(forward, return_shape=True)(example)
     fields, _ = trace_fields(closed, range(1, len(input_shape)))
     return calls, variables, fields
 

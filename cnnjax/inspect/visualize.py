@@ -25,8 +25,9 @@ import os
 import re
 
 import jax
-import matplotlib
 import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.image import imread
 from tensorboardX import SummaryWriter
 
 from cnnjax.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
@@ -35,9 +36,6 @@ from cnnjax.inspect import activations as act
 from cnnjax.inspect.evaluation_report import class_names
 from cnnjax.train.trained_run import TrainedRun, load_trained_run, read_run_config
 from cnnjax.train.workdir import ensure_writable
-
-matplotlib.use("Agg")  # files only: no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
 
 STATS_IMAGES = 256
 # Activation values held for the statistics (float64 copies: about 400 MB): fewer images for
@@ -64,7 +62,7 @@ def visualize_workdir(
     read_run_config(workdir)  # one line when it is not a run, before the writability check
     ensure_writable(workdir, "figures")
     trained = load_trained_run(workdir, str(checkpoint))
-    run, model = trained.run, trained.run.model
+    run, model = trained, trained.model
     out_dir = os.path.join(trained.workdir, "visualize")
     if checkpoint != "best":  # other checkpoints side by side, not over the best one's figures
         out_dir = os.path.join(out_dir, f"step_{trained.step}")
@@ -176,15 +174,15 @@ def _grid(count: int, max_cols: int, width: float, height: float):
     nrows = -(-count // max_cols)
     ncols = -(-count // nrows)
     size = (width * ncols, height * nrows + 0.8)
-    fig, axes = plt.subplots(nrows, ncols, figsize=size, squeeze=False, layout="constrained")
+    fig = Figure(figsize=size, layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     return fig, axes
 
 
-def _save(fig, path: str) -> str:
+def _save(fig: Figure, path: str) -> str:
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 
@@ -212,7 +210,7 @@ def _write_filters(trained: TrainedRun, calls, out_dir: str, title: str) -> dict
     if conv is None:
         print("visualize: the model has no convolution: no filters.png")
         return {}
-    run = trained.run
+    run = trained
     kernel = act.first_layer_filters(trained.state.params, conv)
     start = act.first_layer_filters(trained.initial_params, conv)  # where training started
     rgb = kernel.shape[-1] == 3 and kernel.ndim == 4
@@ -237,7 +235,7 @@ def draw_activation_stats(stats: dict[str, dict], path: str, title: str) -> str:
     shown = _spread(names, MAX_HISTOGRAMS)
     ncols = min(len(shown), 4)
     nrows = -(-len(shown) // ncols) + 1
-    fig = plt.figure(figsize=(3.4 * ncols, 2.4 * nrows + 0.6), layout="constrained")
+    fig = Figure(figsize=(3.4 * ncols, 2.4 * nrows + 0.6), layout="constrained")
     grid = fig.add_gridspec(nrows, ncols)
     for index, name in enumerate(shown):
         ax, layer = fig.add_subplot(grid[index // ncols, index % ncols]), stats[name]
@@ -370,7 +368,7 @@ def _write_tensorboard(trained: TrainedRun, pngs: dict[str, str]) -> None:
     writer = SummaryWriter(os.path.join(trained.workdir, "tensorboard", "visualize"))
     try:
         for name, path in pngs.items():
-            image = plt.imread(path)[..., :3]  # RGBA floats in [0, 1] -> RGB
+            image = imread(path)[..., :3]  # RGBA floats in [0, 1] -> RGB
             writer.add_image(f"visualize/{name}", image, trained.step, dataformats="HWC")
     finally:
         writer.close()

@@ -1,16 +1,18 @@
-"""Training curves as a PNG: loss and accuracy against epochs, train and test."""
+"""Training curves as a PNG: loss and accuracy against epochs, train and test.
+
+Drawn on a `matplotlib.figure.Figure` of its own, never through pyplot: a library that writes
+files must not pick the process's backend (a notebook's inline plots would stop showing).
+"""
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only: no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure
 
 
 def plot_curves(records: list[dict], path: str, *, title: str = "") -> str:
     """Draws loss and accuracy per epoch from metrics records into `path`; returns `path`."""
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    loss_ax, acc_ax = fig.subplots(1, 2)
     # Epoch means of training (not the noisier per-log-step windows) against each evaluation.
     for split, label, style in (("train_epoch", "train", "-"), ("test", "test", "o-")):
         rows = [r for r in records if r["split"] == split]
@@ -28,5 +30,4 @@ def plot_curves(records: list[dict], path: str, *, title: str = "") -> str:
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path

@@ -9,7 +9,7 @@ import os
 from tensorboardX import SummaryWriter
 
 from cnnjax.errors import UserError
-from cnnjax.train.workdir import write_atomically
+from cnnjax.files import write_atomically
 
 METRICS_FILE = "metrics.jsonl"
 

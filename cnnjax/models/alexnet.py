@@ -15,6 +15,7 @@ import jax
 
 from cnnjax.models.layers import (
     ConvBlock,
+    LayerOptions,
     LocalResponseNorm,
     adaptive_avg_pool,
     get_activation,
@@ -48,21 +49,31 @@ class AlexNet(nn.Module):
     paper: bool = False  # the paper's 96-256-384-384-256 net with LRN (see the module docstring)
     lrn: bool | None = None  # override: LRN after conv1/conv2 (default: as `paper`)
     hidden_units: int = 4096
+    layer_options: LayerOptions = LayerOptions()
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         use_lrn = self.paper if self.lrn is None else self.lrn
+        options = self.layer_options
         for features, kernel, stride, padding, lrn_here, pool_here in (
             PAPER_LAYERS if self.paper else COMMON_LAYERS
         ):
-            x = ConvBlock(features, kernel, stride, padding, self.activation, self.normalization)(
-                x, train=train
-            )
+            x = ConvBlock(
+                features,
+                kernel,
+                stride,
+                padding,
+                self.activation,
+                self.normalization,
+                layer_options=options,
+            )(x, train=train)
             if lrn_here and use_lrn:
                 x = LocalResponseNorm()(x)
             if pool_here and min(x.shape[1:3]) >= 3:
-                x = pool(x, "max", window=3, stride=2)  # overlapping pooling (section 3.4)
-        x = adaptive_avg_pool(x, 6)  # [B, 6, 6, C] at the default input size: the identity
+                # Overlapping pooling (section 3.4).
+                x = pool(x, "max", window=3, stride=2, layer_options=options)
+        # [B, 6, 6, C] at the default input size: the identity.
+        x = adaptive_avg_pool(x, 6, layer_options=options)
         x = x.reshape(x.shape[0], -1)
         act = get_activation(self.activation)
         for _ in range(2):

@@ -6,21 +6,13 @@ of pixels into channels ("space to depth") turns it into a convolution with 4x t
 output channels over a quarter of the positions: a k x k kernel becomes a (k + 2) // 2-wide
 kernel over blocks whose taps are the original weights (and zeros), and the output blocks
 unfold back into pixels. More multiply-adds (1.44x for 5x5, 1.78x for 3x3), fewer seconds where
-the channels are few. Measured on 2 CPU cores (AVX-512), ms plain -> blocks:
-
-    batch 256, 28x28,  1 -> 6,  5x5 (LeNet-5 conv 1)       4.75 -> 1.25
-    batch 256, 14x14,  6 -> 16, 5x5 (LeNet-5 conv 2)       1.06 -> 0.72
-    batch 256, 10x10, 16 -> 6,  5x5 (its input gradient)   4.01 -> 1.67
-    batch 128, 32x32,  3 -> 16, 3x3 (CIFAR stem)           2.45 -> 1.04
-    batch 128, 16x16,  8 -> 8,  3x3                        0.68 -> 0.52
-    batch 128, 32x32,  8 -> 16, 3x3                        2.29 -> 3.00 (slower: left plain)
-    batch 128, 32x32, 16 -> 16, 3x3                        3.19 -> 5.12 (slower: left plain)
-
-hence the rule `_blocks_pay`: C_in x C_out <= 64 x k^2 / 9. The forward pass and the input
-gradient (itself a stride-1 convolution with the channels swapped) take the block form; the
-weight gradient is the plain convolution's (for the stem it was faster as written: 1.7 vs 4.8
-ms). Used by `ConvBlock` while fast paths are on (cnnjax/fast_paths.py); everything else goes
-to `lax.conv_general_dilated` unchanged.
+the channels are few; past a few channels the extra work costs more than it saves, hence the
+rule `_blocks_pay`: C_in x C_out <= 64 x k^2 / 9 (the timings it was drawn from, per layer:
+benchmarks/results/fast_paths.json). The forward pass and the input gradient (itself a stride-1
+convolution with the channels swapped) take the block form; the weight gradient is the plain
+convolution's, which was the faster of the two for it. Used by `ConvBlock` when its
+`layer_options.block_convolutions` is on (cnnjax/models/layers.py); everything else goes to
+`lax.conv_general_dilated` unchanged.
 """
 
 from __future__ import annotations

@@ -9,10 +9,12 @@ aggregates context, and a 1x1 head gives per-pixel logits [B, H, W, num_classes]
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 
-from cnnjax.models.layers import ConvBlock
+from cnnjax.models.layers import ConvBlock, LayerOptions
 
 CONTEXT_DILATIONS = (1, 1, 2, 4, 8, 16, 1)
 
@@ -35,16 +37,21 @@ class DilatedContextNet(nn.Module):
     dropout_rate: float = 0.0
     features: int = 32
     dilations: tuple[int, ...] = CONTEXT_DILATIONS
+    layer_options: LayerOptions = LayerOptions()
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        x = ConvBlock(self.features, 3, 1, "SAME", self.activation, self.normalization)(
-            x, train=train
+        conv = functools.partial(
+            ConvBlock,
+            self.features,
+            activation=self.activation,
+            layer_options=self.layer_options,
         )
+        x = conv(3, 1, "SAME", normalization=self.normalization)(x, train=train)
         for dilation in self.dilations:
-            x = ConvBlock(
-                self.features, 3, 1, "SAME", self.activation, self.normalization, dilation=dilation
-            )(x, train=train)
-        x = ConvBlock(self.features, 1, activation=self.activation)(x, train=train)
+            x = conv(3, 1, "SAME", normalization=self.normalization, dilation=dilation)(
+                x, train=train
+            )
+        x = conv(1)(x, train=train)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         return nn.Conv(self.num_classes, (1, 1))(x)  # per-pixel logits

@@ -26,11 +26,13 @@ only the main logits, so `model(x, *, train) -> logits` holds for every family; 
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnnjax.models.layers import ConvBlock, adaptive_avg_pool, get_activation
+from cnnjax.models.layers import ConvBlock, LayerOptions, adaptive_avg_pool, get_activation
 
 # Table 1 of the paper, per module: (1x1, 3x3 reduce, 3x3, "5x5" reduce, "5x5", pool projection).
 INCEPTION_3 = ((64, 96, 128, 16, 32, 32), (128, 128, 192, 32, 96, 64))
@@ -71,10 +73,19 @@ class Inception(nn.Module):
     activation: str
     normalization: str
     wide_kernel: int = 3
+    layer_options: LayerOptions = LayerOptions()
 
     def _conv(self, x: jax.Array, features: int, kernel: int, train: bool) -> jax.Array:
         padding = kernel // 2  # keeps H and W (the kernels are odd)
-        block = ConvBlock(features, kernel, 1, padding, self.activation, self.normalization)
+        block = ConvBlock(
+            features,
+            kernel,
+            1,
+            padding,
+            self.activation,
+            self.normalization,
+            layer_options=self.layer_options,
+        )
         return block(x, train=train)
 
     @nn.compact
@@ -99,11 +110,15 @@ class AuxClassifier(nn.Module):
     num_classes: int
     activation: str
     normalization: str
+    layer_options: LayerOptions = LayerOptions()
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        x = adaptive_avg_pool(x, 4)  # [B, 4, 4, C]
-        x = ConvBlock(128, 1, 1, 0, self.activation, self.normalization)(x, train=train)
+        options = self.layer_options
+        x = adaptive_avg_pool(x, 4, layer_options=options)  # [B, 4, 4, C]
+        x = ConvBlock(128, 1, 1, 0, self.activation, self.normalization, layer_options=options)(
+            x, train=train
+        )
         x = x.reshape(x.shape[0], -1)  # [B, 2048]
         x = get_activation(self.activation)(nn.Dense(1024)(x))  # [B, 1024]
         x = nn.Dropout(0.7, deterministic=not train)(x)
@@ -122,31 +137,38 @@ class GoogLeNet(nn.Module):
     dropout_rate: float = 0.4  # the paper's; torchvision's is 0.2
     aux_logits: bool = False  # the two auxiliary heads, sown as intermediates/aux_logits
     paper_5x5: bool = False  # the paper's 5x5 kernel instead of torchvision's 3x3
+    layer_options: LayerOptions = LayerOptions()
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        act, norm = self.activation, self.normalization
-        x = ConvBlock(64, 7, 2, 3, act, norm)(x, train=train)  # [B, 112, 112, 64] at 224x224
+        act, norm, options = self.activation, self.normalization, self.layer_options
+        conv = functools.partial(
+            ConvBlock, activation=act, normalization=norm, layer_options=options
+        )
+        x = conv(64, 7, 2, 3)(x, train=train)  # [B, 112, 112, 64] at 224x224
         x = max_pool_ceil(x, 3, 2)  # [B, 56, 56, 64]
-        x = ConvBlock(64, 1, 1, 0, act, norm)(x, train=train)
-        x = ConvBlock(192, 3, 1, 1, act, norm)(x, train=train)  # [B, 56, 56, 192]
+        x = conv(64, 1, 1, 0)(x, train=train)
+        x = conv(192, 3, 1, 1)(x, train=train)  # [B, 56, 56, 192]
         x = max_pool_ceil(x, 3, 2)  # [B, 28, 28, 192]
         wide = 5 if self.paper_5x5 else 3
+        inception = functools.partial(Inception, activation=act, normalization=norm)
+        inception = functools.partial(inception, wide_kernel=wide, layer_options=options)
         for filters in INCEPTION_3:
-            x = Inception(filters, act, norm, wide)(x, train=train)  # 3b: [B, 28, 28, 480]
+            x = inception(filters)(x, train=train)  # 3b: [B, 28, 28, 480]
         x = max_pool_ceil(x, 3, 2)  # [B, 14, 14, 480]
         # The heads only shape training; at evaluation they are skipped, but they must run at
         # initialization so that their parameters exist whatever `train` init was called with.
         run_heads = self.aux_logits and (train or self.is_initializing())
         for index, filters in enumerate(INCEPTION_4):
-            x = Inception(filters, act, norm, wide)(x, train=train)  # 4e: [B, 14, 14, 832]
+            x = inception(filters)(x, train=train)  # 4e: [B, 14, 14, 832]
             if run_heads and index in AUX_AFTER:
-                aux = AuxClassifier(self.num_classes, act, norm)(x, train=train)
+                head = AuxClassifier(self.num_classes, act, norm, layer_options=options)
+                aux = head(x, train=train)
                 if train:
                     self.sow("intermediates", "aux_logits", aux)  # [B, num_classes]
         x = max_pool_ceil(x, 2, 2)  # [B, 7, 7, 832]
         for filters in INCEPTION_5:
-            x = Inception(filters, act, norm, wide)(x, train=train)  # 5b: [B, 7, 7, 1024]
+            x = inception(filters)(x, train=train)  # 5b: [B, 7, 7, 1024]
         x = x.mean(axis=(1, 2))  # [B, 1024]
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         return nn.Dense(self.num_classes)(x)  # [B, num_classes]

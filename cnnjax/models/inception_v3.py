@@ -36,7 +36,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnnjax.models.layers import ConvBlock, adaptive_avg_pool, pool
+from cnnjax.models.layers import ConvBlock, LayerOptions, adaptive_avg_pool, pool
 
 Kernel = int | tuple[int, int]
 
@@ -47,10 +47,12 @@ def avg_pool_3x3(x: jax.Array) -> jax.Array:
 
 
 class InceptionBlock(nn.Module):
-    """Base of the Inception v3 modules: their activation, normalization and conv helper."""
+    """Base of the Inception v3 modules: their activation, normalization, layer options and conv
+    helper. Subclasses add fields after these: pass them by keyword."""
 
     activation: str
     normalization: str
+    layer_options: LayerOptions = LayerOptions()
 
     def conv(
         self, x: jax.Array, features: int, kernel: Kernel, strides: int = 1, *, train: bool
@@ -61,7 +63,15 @@ class InceptionBlock(nn.Module):
         reduction without padding ('VALID'), as in the reference.
         """
         padding = "SAME" if strides == 1 else "VALID"
-        block = ConvBlock(features, kernel, strides, padding, self.activation, self.normalization)
+        block = ConvBlock(
+            features,
+            kernel,
+            strides,
+            padding,
+            self.activation,
+            self.normalization,
+            layer_options=self.layer_options,
+        )
         return block(x, train=train)
 
 
@@ -89,7 +99,7 @@ class InceptionB(InceptionBlock):
         conv = functools.partial(self.conv, train=train)
         branch_3x3 = conv(x, 384, 3, 2)
         branch_3x3_double = conv(conv(conv(x, 64, 1), 96, 3), 96, 3, 2)
-        branch_pool = pool(x, "max", 3, 2)
+        branch_pool = pool(x, "max", 3, 2, layer_options=self.layer_options)
         branches = [branch_3x3, branch_3x3_double, branch_pool]
         return jnp.concatenate(branches, axis=-1)  # [B, 17, 17, 480 + C]: 768 from 288
 
@@ -123,7 +133,7 @@ class InceptionD(InceptionBlock):
         branch_7x7 = conv(conv(conv(x, 192, 1), 192, (1, 7)), 192, (7, 1))
         branch_3x3 = conv(conv(x, 192, 1), 320, 3, 2)
         branch_7x7x3 = conv(branch_7x7, 192, 3, 2)
-        branch_pool = pool(x, "max", 3, 2)
+        branch_pool = pool(x, "max", 3, 2, layer_options=self.layer_options)
         branches = [branch_3x3, branch_7x7x3, branch_pool]
         return jnp.concatenate(branches, axis=-1)  # [B, 8, 8, 1280] from 768
 
@@ -153,17 +163,22 @@ class InceptionAux(nn.Module):
     num_classes: int
     activation: str
     normalization: str
+    layer_options: LayerOptions = LayerOptions()
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        options = self.layer_options
         if min(x.shape[1:3]) >= 17:
             x = nn.avg_pool(x, (5, 5), strides=(3, 3))  # [B, 5, 5, 768] at 299x299
         else:
             # Inputs below 299 leave a smaller grid; pool it to the 5x5 the 5x5 conv needs.
-            x = adaptive_avg_pool(x, 5)
+            x = adaptive_avg_pool(x, 5, layer_options=options)
         act, norm = self.activation, self.normalization
-        x = ConvBlock(128, 1, 1, "VALID", act, norm)(x, train=train)
-        x = ConvBlock(768, 5, 1, "VALID", act, norm)(x, train=train)  # [B, 1, 1, 768] at 299
+        conv = functools.partial(
+            ConvBlock, activation=act, normalization=norm, layer_options=options
+        )
+        x = conv(128, 1, 1, "VALID")(x, train=train)
+        x = conv(768, 5, 1, "VALID")(x, train=train)  # [B, 1, 1, 768] at 299
         x = x.mean(axis=(1, 2))  # [B, 768]
         return nn.Dense(self.num_classes)(x)  # [B, num_classes]
 
@@ -176,30 +191,36 @@ class InceptionV3(nn.Module):
     normalization: str = "batch"
     dropout_rate: float = 0.5  # torchvision's
     aux_logits: bool = False  # the auxiliary head, sown as intermediates/aux_logits
+    layer_options: LayerOptions = LayerOptions()
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        act, norm = self.activation, self.normalization
+        act, norm, options = self.activation, self.normalization, self.layer_options
+        conv = functools.partial(
+            ConvBlock, activation=act, normalization=norm, layer_options=options
+        )
         for features, strides, padding in ((32, 2, "VALID"), (32, 1, "VALID"), (64, 1, "SAME")):
-            x = ConvBlock(features, 3, strides, padding, act, norm)(x, train=train)
-        x = pool(x, "max", 3, 2)  # [B, 73, 73, 64] at 299x299
-        x = ConvBlock(80, 1, 1, "VALID", act, norm)(x, train=train)
-        x = ConvBlock(192, 3, 1, "VALID", act, norm)(x, train=train)  # [B, 71, 71, 192]
-        x = pool(x, "max", 3, 2)  # [B, 35, 35, 192]
+            x = conv(features, 3, strides, padding)(x, train=train)
+        x = pool(x, "max", 3, 2, layer_options=options)  # [B, 73, 73, 64] at 299x299
+        x = conv(80, 1, 1, "VALID")(x, train=train)
+        x = conv(192, 3, 1, "VALID")(x, train=train)  # [B, 71, 71, 192]
+        x = pool(x, "max", 3, 2, layer_options=options)  # [B, 35, 35, 192]
+        block = dict(activation=act, normalization=norm, layer_options=options)
         for pool_features in (32, 64, 64):
-            x = InceptionA(act, norm, pool_features)(x, train=train)  # [B, 35, 35, 288] at last
-        x = InceptionB(act, norm)(x, train=train)  # [B, 17, 17, 768]
+            # [B, 35, 35, 288] at last
+            x = InceptionA(**block, pool_features=pool_features)(x, train=train)
+        x = InceptionB(**block)(x, train=train)  # [B, 17, 17, 768]
         for channels in (128, 160, 160, 192):
-            x = InceptionC(act, norm, channels)(x, train=train)
+            x = InceptionC(**block, channels_7x7=channels)(x, train=train)
         # As in GoogLeNet: the head runs at initialization (so its parameters exist) and in
         # training, never at evaluation.
         if self.aux_logits and (train or self.is_initializing()):
-            aux = InceptionAux(self.num_classes, act, norm)(x, train=train)
+            aux = InceptionAux(self.num_classes, **block)(x, train=train)
             if train:
                 self.sow("intermediates", "aux_logits", aux)  # [B, num_classes]
-        x = InceptionD(act, norm)(x, train=train)  # [B, 8, 8, 1280]
-        x = InceptionE(act, norm)(x, train=train)
-        x = InceptionE(act, norm)(x, train=train)  # [B, 8, 8, 2048]
+        x = InceptionD(**block)(x, train=train)  # [B, 8, 8, 1280]
+        x = InceptionE(**block)(x, train=train)
+        x = InceptionE(**block)(x, train=train)  # [B, 8, 8, 2048]
         x = x.mean(axis=(1, 2))  # [B, 2048]
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         return nn.Dense(self.num_classes)(x)  # [B, num_classes]

@@ -6,14 +6,13 @@ plain string arguments and an ablation ("relu vs tanh", "batch vs group norm") i
 
 from __future__ import annotations
 
-import contextvars
+import dataclasses
 from collections.abc import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnnjax import fast_paths
 from cnnjax.errors import UserError
 from cnnjax.models import conv_lowering
 
@@ -53,20 +52,46 @@ def check_choice(kind: str, value: str, choices: tuple[str, ...]) -> None:
         raise UserError(f"unknown {kind} {value!r}: choose one of {', '.join(choices)}")
 
 
-# The mesh axis over which batch norm averages its batch statistics, for code that maps a step
-# over devices itself (`jax.shard_map`): set while tracing such a step (cnnjax/parallel), None
-# otherwise. Under `jax.jit` with sharded inputs the statistics are global without it.
-BATCH_NORM_AXIS: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "batch_norm_axis", default=None
-)
+@dataclasses.dataclass(frozen=True)
+class LayerOptions:
+    """How the layers compute, beyond what the architecture says: one field of every model.
+
+    A model's fields are its identity for `jax.jit` (`state.apply_fn` is `model.apply`, a static
+    field of the train state), so a model cloned with other options is traced again, where a
+    switch read while tracing would silently reuse the first trace. Frozen: hashable.
+
+    - `block_convolutions`: `ConvBlock` computes stride-1 convolutions between few channels over
+      2x2 pixel blocks (cnnjax/models/conv_lowering.py), the same function in a form XLA:CPU runs
+      faster; False keeps `lax.conv_general_dilated`, the model's own operation.
+    - `reshape_pooling`: `pool` computes non-overlapping windows that tile the input as a
+      reshape and a reduction, faster on XLA:CPU than `reduce_window`; same outputs, and the
+      gradient differs only at exact ties (shared among the tied inputs instead of given to one).
+    - `batch_norm_axis`: the mesh axis over which batch norm averages its batch statistics, for
+      a step that maps itself over devices with `jax.shard_map` (cnnjax/train/shard_map_step.py,
+      `parallel.batch_norm="sync"`); None: the statistics of the batch the layer sees (under
+      `jax.jit` with a sharded batch that is already the global batch).
+    - `frozen_batch_norm`: batch norm in inference mode during training too (running statistics
+      used, never updated), for fine-tuning with `finetune.batch_norm="frozen"`; dropout and the
+      rest of the model stay in training mode.
+    """
+
+    block_convolutions: bool = True
+    reshape_pooling: bool = True
+    batch_norm_axis: str | None = None
+    frozen_batch_norm: bool = False
+
+    def plain(self) -> LayerOptions:
+        """These options with the plain forms: the operations the model is written with, which
+        inspection tools trace and tests compare the fast forms against."""
+        return dataclasses.replace(self, block_convolutions=False, reshape_pooling=False)
 
 
-# True while tracing a fine-tuning step with frozen batch norm (`finetune.batch_norm="frozen"`):
-# batch norm then normalizes with its running statistics and leaves them unchanged, as in
-# inference, while dropout and the rest of the model stay in training mode.
-FROZEN_BATCH_NORM: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "frozen_batch_norm", default=False
-)
+def with_plain_forms(model: nn.Module) -> nn.Module:
+    """`model` cloned with `LayerOptions.plain()`; a module without `layer_options` unchanged."""
+    options = getattr(model, "layer_options", None)
+    if not isinstance(options, LayerOptions):
+        return model
+    return model.clone(layer_options=options.plain())
 
 
 class Normalization(nn.Module):
@@ -81,6 +106,7 @@ class Normalization(nn.Module):
 
     kind: str = "none"
     num_groups: int = 32
+    layer_options: LayerOptions = LayerOptions()
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -88,12 +114,12 @@ class Normalization(nn.Module):
         if self.kind == "none":
             return x
         if self.kind == "batch":
-            train = train and not FROZEN_BATCH_NORM.get()
+            train = train and not self.layer_options.frozen_batch_norm
             return nn.BatchNorm(
                 use_running_average=not train,
                 momentum=0.9,
                 epsilon=1e-5,
-                axis_name=BATCH_NORM_AXIS.get() if train else None,
+                axis_name=self.layer_options.batch_norm_axis if train else None,
             )(x)
         if self.kind == "layer":
             return nn.LayerNorm(epsilon=1e-5)(x)
@@ -106,19 +132,21 @@ class Normalization(nn.Module):
         return nn.GroupNorm(num_groups=groups, **_GROUP_NORM_OPTIONS)(x)
 
 
-def pool(x: jax.Array, kind: str, window: int, stride: int) -> jax.Array:
+def pool(
+    x: jax.Array, kind: str, window: int, stride: int, *, layer_options: LayerOptions
+) -> jax.Array:
     """Spatial pooling of `x` [B, H, W, C] with a square window, 'VALID' padding.
 
-    Non-overlapping windows that tile the input are computed as a reshape and a reduction when
-    fast paths are on (cnnjax/fast_paths.py): XLA:CPU compiles that far better than
-    `reduce_window` (one LeNet-5 step went from 108 ms to 71 ms). The result is identical to
+    With `layer_options.reshape_pooling`, non-overlapping windows that tile the input are
+    computed as a reshape and a reduction, which XLA:CPU compiles far better than
+    `reduce_window` (figures: benchmarks/results/fast_paths.json). The result is identical to
     `nn.max_pool` / `nn.avg_pool`; only the gradient at exact ties differs (shared among the tied
     inputs instead of given to one).
     """
     check_choice("pooling", kind, POOLINGS)
     batch, height, width, channels = x.shape
     tiles_input = window == stride and height % window == 0 and width % window == 0
-    if tiles_input and fast_paths.active():
+    if tiles_input and layer_options.reshape_pooling:
         tiles = x.reshape(batch, height // window, window, width // window, window, channels)
         return tiles.max(axis=(2, 4)) if kind == "max" else tiles.mean(axis=(2, 4))
     reduce = nn.max_pool if kind == "max" else nn.avg_pool
@@ -142,6 +170,7 @@ class ConvBlock(nn.Module):
     activation: str = "relu"
     normalization: str = "none"
     dilation: int = 1
+    layer_options: LayerOptions = LayerOptions()
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -157,9 +186,11 @@ class ConvBlock(nn.Module):
             kernel_dilation=(self.dilation,) * spatial,
             use_bias=self.normalization == "none",
             # Few channels: forward and input gradient over 2x2 pixel blocks (conv_lowering).
-            conv_general_dilated=conv_lowering.convolution if fast_paths.active() else None,
+            conv_general_dilated=(
+                conv_lowering.convolution if self.layer_options.block_convolutions else None
+            ),
         )(x)
-        x = Normalization(self.normalization)(x, train=train)
+        x = Normalization(self.normalization, layer_options=self.layer_options)(x, train=train)
         return get_activation(self.activation)(x)
 
 
@@ -189,7 +220,7 @@ class LocalResponseNorm(nn.Module):
         return x / (self.k + self.alpha * window_sums) ** self.beta
 
 
-def adaptive_avg_pool(x: jax.Array, output_size: int) -> jax.Array:
+def adaptive_avg_pool(x: jax.Array, output_size: int, *, layer_options: LayerOptions) -> jax.Array:
     """Averages [B, H, W, C] into [B, output_size, output_size, C] bins as in PyTorch.
 
     Bin i covers rows floor(i * H / n) .. ceil((i + 1) * H / n); when H is a multiple of n this
@@ -199,7 +230,8 @@ def adaptive_avg_pool(x: jax.Array, output_size: int) -> jax.Array:
     if (height, width) == (output_size, output_size):
         return x
     if height == width and height % output_size == 0:
-        return pool(x, "average", height // output_size, height // output_size)
+        side = height // output_size
+        return pool(x, "average", side, side, layer_options=layer_options)
     return _adaptive_bins(x, output_size)
 
 

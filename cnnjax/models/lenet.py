@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnnjax.models.layers import ConvBlock, Normalization, get_activation, pool
+from cnnjax.models.layers import ConvBlock, LayerOptions, Normalization, get_activation, pool
 
 # LeCun et al. 1998, Table I: the S2 maps (of 6) that each C3 map (of 16) reads.
 C3_TABLE = (
@@ -71,6 +71,7 @@ class LeNet5(nn.Module):
     dropout_rate: float = 0.0
     input_size: int = 32  # inputs smaller than this are zero-padded to it
     c3_table: bool = False  # the sparse C2 -> C3 connections of the 1998 paper
+    layer_options: LayerOptions = LayerOptions()
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -85,21 +86,19 @@ class LeNet5(nn.Module):
             )
             x = jnp.pad(x, pads)
         act = get_activation(self.activation)
-        x = ConvBlock(6, 5, activation=self.activation, normalization=self.normalization)(
-            x, train=train
-        )  # [B, 28, 28, 6]
-        x = pool(x, self.pooling, window=2, stride=2)  # [B, 14, 14, 6]
+        options = self.layer_options
+        block = dict(activation=self.activation, normalization=self.normalization)
+        x = ConvBlock(6, 5, **block, layer_options=options)(x, train=train)  # [B, 28, 28, 6]
+        x = pool(x, self.pooling, window=2, stride=2, layer_options=options)  # [B, 14, 14, 6]
         if self.c3_table:
             x = SparseC3()(x)
-            x = act(Normalization(self.normalization)(x, train=train))
+            x = act(Normalization(self.normalization, layer_options=options)(x, train=train))
         else:
-            x = ConvBlock(16, 5, activation=self.activation, normalization=self.normalization)(
-                x, train=train
-            )  # [B, 10, 10, 16]
-        x = pool(x, self.pooling, window=2, stride=2)  # [B, 5, 5, 16]
+            x = ConvBlock(16, 5, **block, layer_options=options)(x, train=train)  # [B, 10, 10, 16]
+        x = pool(x, self.pooling, window=2, stride=2, layer_options=options)  # [B, 5, 5, 16]
         x = x.reshape(x.shape[0], -1)  # [B, 400]
         for features in (120, 84):
             x = nn.Dense(features)(x)
-            x = act(Normalization(self.normalization)(x, train=train))
+            x = act(Normalization(self.normalization, layer_options=options)(x, train=train))
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         return nn.Dense(self.num_classes)(x)

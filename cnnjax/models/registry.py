@@ -39,12 +39,22 @@ def register(
     """Decorator registering a variant builder `fn(**options) -> nn.Module` under `name`."""
 
     def decorate(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is registered twice")
+        known = _REGISTRY.get(name)
+        # The same builder again (a re-run notebook cell, a reloaded module) replaces itself;
+        # another builder under a taken name is a mistake.
+        if known is not None and _identity(known.build) != _identity(build):
+            raise ValueError(
+                f"model {name!r} is already registered by {'.'.join(_identity(known.build))}: "
+                "choose another name"
+            )
         _REGISTRY[name] = ModelSpec(name, family, build, tuple(input_shape), task)
         return build
 
     return decorate
+
+
+def _identity(build: Callable) -> tuple[str, str]:
+    return (getattr(build, "__module__", "?"), getattr(build, "__qualname__", repr(build)))
 
 
 def list_models() -> list[str]:

@@ -14,11 +14,13 @@
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnnjax.models.layers import ConvBlock, Normalization, get_activation
+from cnnjax.models.layers import ConvBlock, LayerOptions, Normalization, get_activation
 
 
 class BasicBlock(nn.Module):
@@ -29,14 +31,24 @@ class BasicBlock(nn.Module):
     activation: str
     normalization: str
     shortcut: str = "projection"  # "projection" (1x1 conv) or "zero_pad" (option A)
+    layer_options: LayerOptions = LayerOptions()
     expansion = 1
+
+    def _conv(self, features: int, kernel: int, strides: int, padding: int, activation: str):
+        return ConvBlock(
+            features,
+            kernel,
+            strides,
+            padding,
+            activation,
+            self.normalization,
+            layer_options=self.layer_options,
+        )
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        y = ConvBlock(self.features, 3, self.strides, 1, self.activation, self.normalization)(
-            x, train=train
-        )
-        y = ConvBlock(self.features, 3, 1, 1, "identity", self.normalization)(y, train=train)
+        y = self._conv(self.features, 3, self.strides, 1, self.activation)(x, train=train)
+        y = self._conv(self.features, 3, 1, 1, "identity")(y, train=train)
         return get_activation(self.activation)(y + self._shortcut(x, train))
 
     def _shortcut(self, x: jax.Array, train: bool) -> jax.Array:
@@ -46,9 +58,7 @@ class BasicBlock(nn.Module):
         if self.shortcut == "zero_pad":  # option A: no parameters
             x = x[:, :: self.strides, :: self.strides]
             return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, features - x.shape[-1])))
-        return ConvBlock(features, 1, self.strides, 0, "identity", self.normalization)(
-            x, train=train
-        )
+        return self._conv(features, 1, self.strides, 0, "identity")(x, train=train)
 
 
 class Bottleneck(BasicBlock):
@@ -58,10 +68,10 @@ class Bottleneck(BasicBlock):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        act, norm = self.activation, self.normalization
-        y = ConvBlock(self.features, 1, 1, 0, act, norm)(x, train=train)
-        y = ConvBlock(self.features, 3, self.strides, 1, act, norm)(y, train=train)
-        y = ConvBlock(self.features * 4, 1, 1, 0, "identity", norm)(y, train=train)
+        act = self.activation
+        y = self._conv(self.features, 1, 1, 0, act)(x, train=train)
+        y = self._conv(self.features, 3, self.strides, 1, act)(y, train=train)
+        y = self._conv(self.features * 4, 1, 1, 0, "identity")(y, train=train)
         return get_activation(act)(y + self._shortcut(x, train))
 
 
@@ -75,18 +85,26 @@ class ResNet(nn.Module):
     normalization: str = "batch"
     dropout_rate: float = 0.0
     width: int = 64
+    layer_options: LayerOptions = LayerOptions()
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        x = ConvBlock(self.width, 7, 2, 3, self.activation, self.normalization)(x, train=train)
+        options = self.layer_options
+        x = ConvBlock(
+            self.width, 7, 2, 3, self.activation, self.normalization, layer_options=options
+        )(x, train=train)
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # [B, H/4, W/4, C]
         block = Bottleneck if self.bottleneck else BasicBlock
         for stage, blocks in enumerate(self.stage_sizes):
             for index in range(blocks):
                 strides = 2 if stage > 0 and index == 0 else 1
-                x = block(self.width * 2**stage, strides, self.activation, self.normalization)(
-                    x, train=train
-                )
+                x = block(
+                    self.width * 2**stage,
+                    strides,
+                    self.activation,
+                    self.normalization,
+                    layer_options=options,
+                )(x, train=train)
         x = x.mean(axis=(1, 2))  # global average pool
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         return nn.Dense(self.num_classes)(x)
@@ -101,16 +119,25 @@ class CifarResNet(nn.Module):
     normalization: str = "batch"
     dropout_rate: float = 0.0
     shortcut: str = "zero_pad"  # option A of the paper; "projection" is option B
+    layer_options: LayerOptions = LayerOptions()
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         blocks = (self.depth - 2) // 6
-        x = ConvBlock(16, 3, 1, 1, self.activation, self.normalization)(x, train=train)
+        options = self.layer_options
+        x = ConvBlock(16, 3, 1, 1, self.activation, self.normalization, layer_options=options)(
+            x, train=train
+        )
         for stage, features in enumerate((16, 32, 64)):
             for index in range(blocks):
                 strides = 2 if stage > 0 and index == 0 else 1
                 x = BasicBlock(
-                    features, strides, self.activation, self.normalization, self.shortcut
+                    features,
+                    strides,
+                    self.activation,
+                    self.normalization,
+                    self.shortcut,
+                    layer_options=options,
                 )(x, train=train)
         x = x.mean(axis=(1, 2))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
@@ -125,13 +152,17 @@ class WideBlock(nn.Module):
     activation: str
     normalization: str
     dropout_rate: float
+    layer_options: LayerOptions = LayerOptions()
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         act = get_activation(self.activation)
-        pre = act(Normalization(self.normalization)(x, train=train))
+        norm = functools.partial(
+            Normalization, self.normalization, layer_options=self.layer_options
+        )
+        pre = act(norm()(x, train=train))
         y = nn.Conv(self.features, (3, 3), self.strides, padding=1, use_bias=False)(pre)
-        y = act(Normalization(self.normalization)(y, train=train))
+        y = act(norm()(y, train=train))
         y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
         y = nn.Conv(self.features, (3, 3), padding=1, use_bias=False)(y)
         if self.strides != 1 or x.shape[-1] != self.features:
@@ -148,10 +179,12 @@ class WideResNet(nn.Module):
     activation: str = "relu"
     normalization: str = "batch"
     dropout_rate: float = 0.0
+    layer_options: LayerOptions = LayerOptions()
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         blocks = (self.depth - 4) // 6
+        options = self.layer_options
         x = nn.Conv(16, (3, 3), padding=1, use_bias=False)(x)
         for stage, base in enumerate((16, 32, 64)):
             for index in range(blocks):
@@ -162,6 +195,8 @@ class WideResNet(nn.Module):
                     self.activation,
                     self.normalization,
                     self.dropout_rate,
+                    layer_options=options,
                 )(x, train=train)
-        x = get_activation(self.activation)(Normalization(self.normalization)(x, train=train))
+        norm = Normalization(self.normalization, layer_options=options)
+        x = get_activation(self.activation)(norm(x, train=train))
         return nn.Dense(self.num_classes)(x.mean(axis=(1, 2)))

@@ -12,7 +12,14 @@ import flax.linen as nn
 import jax
 
 from cnnjax.errors import UserError
-from cnnjax.models.layers import POOLINGS, ConvBlock, Normalization, get_activation, pool
+from cnnjax.models.layers import (
+    POOLINGS,
+    ConvBlock,
+    LayerOptions,
+    Normalization,
+    get_activation,
+    pool,
+)
 from cnnjax.models.registry import register
 
 
@@ -25,12 +32,16 @@ class CifarConvNet(nn.Module):
     dropout_rate: float = 0.0
     pooling: str = "max"
     widths: tuple[int, ...] = (16, 20, 20)
+    layer_options: LayerOptions = LayerOptions()
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        options = self.layer_options
         for features in self.widths:
-            x = ConvBlock(features, 5, 1, 2, self.activation, self.normalization)(x, train=train)
-            x = pool(x, self.pooling, window=2, stride=2)
+            x = ConvBlock(
+                features, 5, 1, 2, self.activation, self.normalization, layer_options=options
+            )(x, train=train)
+            x = pool(x, self.pooling, window=2, stride=2, layer_options=options)
         x = x.reshape(x.shape[0], -1)  # [B, 4 * 4 * 20]
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         return nn.Dense(self.num_classes)(x)
@@ -67,18 +78,20 @@ class FastConvNet(nn.Module):
     stages: tuple[tuple[int, ...], ...] = ((32,), (64, 64))  # conv widths per resolution
     head: str = "flatten"
     hidden_units: int = 0
+    layer_options: LayerOptions = LayerOptions()
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        options = self.layer_options
         if self.space_to_depth > 1:
             x = space_to_depth(x, self.space_to_depth)
         for index, widths in enumerate(self.stages):
             if index:
-                x = pool(x, "max", window=2, stride=2)
+                x = pool(x, "max", window=2, stride=2, layer_options=options)
             for features in widths:
-                x = ConvBlock(features, 3, 1, 1, self.activation, self.normalization)(
-                    x, train=train
-                )
+                x = ConvBlock(
+                    features, 3, 1, 1, self.activation, self.normalization, layer_options=options
+                )(x, train=train)
         if self.head == "flatten":
             x = x.reshape(x.shape[0], -1)
         elif self.head in POOLINGS:
@@ -87,7 +100,7 @@ class FastConvNet(nn.Module):
             raise UserError(f"unknown head {self.head!r}: choose one of flatten, max, average")
         if self.hidden_units:
             x = nn.Dense(self.hidden_units, use_bias=self.normalization == "none")(x)
-            x = Normalization(self.normalization)(x, train=train)
+            x = Normalization(self.normalization, layer_options=options)(x, train=train)
             x = get_activation(self.activation)(x)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         return nn.Dense(self.num_classes)(x)

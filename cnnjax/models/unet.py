@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnnjax.models.layers import ConvBlock, pool
+from cnnjax.models.layers import ConvBlock, LayerOptions, pool
 
 
 class UNet(nn.Module):
@@ -26,12 +26,22 @@ class UNet(nn.Module):
     dropout_rate: float = 0.0  # at the bottom of the U, as in the paper
     base_features: int = 64
     depth: int = 4  # number of 2x2 poolings
+    layer_options: LayerOptions = LayerOptions()
+
+    def _conv(self, features: int, kernel: int) -> ConvBlock:
+        return ConvBlock(
+            features,
+            kernel,
+            1,
+            "SAME",
+            self.activation,
+            self.normalization,
+            layer_options=self.layer_options,
+        )
 
     def _double_conv(self, x: jax.Array, features: int, train: bool) -> jax.Array:
         for _ in range(2):
-            x = ConvBlock(features, 3, 1, "SAME", self.activation, self.normalization)(
-                x, train=train
-            )
+            x = self._conv(features, 3)(x, train=train)
         return x
 
     @nn.compact
@@ -40,15 +50,13 @@ class UNet(nn.Module):
         for level in range(self.depth):
             x = self._double_conv(x, self.base_features * 2**level, train)
             skips.append(x)
-            x = pool(x, "max", window=2, stride=2)
+            x = pool(x, "max", window=2, stride=2, layer_options=self.layer_options)
         x = self._double_conv(x, self.base_features * 2**self.depth, train)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         for level in reversed(range(self.depth)):
             features = self.base_features * 2**level
             x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)  # 2x nearest upsampling
-            x = ConvBlock(features, 2, 1, "SAME", self.activation, self.normalization)(
-                x, train=train
-            )  # the up-convolution: halves the features
+            x = self._conv(features, 2)(x, train=train)  # the up-convolution: halves features
             x = jnp.concatenate([skips[level], x], axis=-1)
             x = self._double_conv(x, features, train)
         return nn.Conv(self.num_classes, (1, 1))(x)

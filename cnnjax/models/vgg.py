@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 
 from cnnjax.errors import UserError
-from cnnjax.models.layers import ConvBlock, adaptive_avg_pool, get_activation, pool
+from cnnjax.models.layers import ConvBlock, LayerOptions, adaptive_avg_pool, get_activation, pool
 
 # Channels per convolution, "M" for a 2x2 max-pool (Table 1 of the paper).
 CONFIGS = {
@@ -56,19 +56,29 @@ class VGG(nn.Module):
     dropout_rate: float = 0.5
     hidden_units: int = 4096
     width_divisor: int = 1  # divides every width: 8 gives a small VGG for tests and CPU runs
+    layer_options: LayerOptions = LayerOptions()
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         if self.depth not in CONFIGS:
             raise UserError(f"VGG depth {self.depth} is not one of {sorted(CONFIGS)}")
+        options = self.layer_options
         for item in CONFIGS[self.depth]:
             if item == "M":
-                x = pool(x, "max", window=2, stride=2) if min(x.shape[1:3]) >= 2 else x
+                if min(x.shape[1:3]) >= 2:
+                    x = pool(x, "max", window=2, stride=2, layer_options=options)
             else:
                 x = ConvBlock(
-                    item // self.width_divisor, 3, 1, 1, self.activation, self.normalization
+                    item // self.width_divisor,
+                    3,
+                    1,
+                    1,
+                    self.activation,
+                    self.normalization,
+                    layer_options=options,
                 )(x, train=train)
-        x = adaptive_avg_pool(x, 7).reshape(x.shape[0], -1)  # [B, 7 * 7 * 512]
+        x = adaptive_avg_pool(x, 7, layer_options=options)
+        x = x.reshape(x.shape[0], -1)  # [B, 7 * 7 * 512]
         act = get_activation(self.activation)
         for _ in range(2):
             x = act(nn.Dense(self.hidden_units // self.width_divisor)(x))

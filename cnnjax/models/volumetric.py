@@ -13,7 +13,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from cnnjax.models.layers import ConvBlock, get_activation
+from cnnjax.models.layers import ConvBlock, LayerOptions, get_activation
 
 
 class ConvNet1D(nn.Module):
@@ -25,12 +25,19 @@ class ConvNet1D(nn.Module):
     dropout_rate: float = 0.0
     widths: tuple[int, ...] = (32, 64, 128)
     kernel_size: int = 5
+    layer_options: LayerOptions = LayerOptions()
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         for features in self.widths:
             x = ConvBlock(
-                features, self.kernel_size, 1, "SAME", self.activation, self.normalization
+                features,
+                self.kernel_size,
+                1,
+                "SAME",
+                self.activation,
+                self.normalization,
+                layer_options=self.layer_options,
             )(x, train=train)
             if x.shape[1] >= 2:
                 x = nn.max_pool(x, (2,), strides=(2,))  # [B, L / 2, features]
@@ -49,14 +56,21 @@ class C3D(nn.Module):
     # Convolutions per stage; a pool follows each stage (the paper pairs the last three).
     stages: tuple[tuple[int, ...], ...] = ((64,), (128,), (256, 256), (512, 512), (512, 512))
     hidden_units: int = 4096
+    layer_options: LayerOptions = LayerOptions()
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         for index, stage in enumerate(self.stages):
             for features in stage:
-                x = ConvBlock(features, 3, 1, "SAME", self.activation, self.normalization)(
-                    x, train=train
-                )
+                x = ConvBlock(
+                    features,
+                    3,
+                    1,
+                    "SAME",
+                    self.activation,
+                    self.normalization,
+                    layer_options=self.layer_options,
+                )(x, train=train)
             window = (1, 2, 2) if index == 0 else (2, 2, 2)
             window = tuple(w if s >= w else 1 for w, s in zip(window, x.shape[1:4], strict=True))
             # Padded ("SAME") pooling: the paper's pool5 pads 7x7 maps to 4x4 (fc6 input 8,192).

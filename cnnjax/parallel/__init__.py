@@ -1,5 +1,6 @@
-"""Data parallelism: the device mesh and batch sharding (mesh), multi-host start-up
-(distributed), and the explicit per-device `shard_map` training step (shard_map_step)."""
+"""Data parallelism: the device mesh and batch sharding (mesh) and multi-host start-up
+(distributed). The explicit per-device `shard_map` training step is a training step, so it lives
+in cnnjax/train/shard_map_step.py: nothing here imports the models or the training code."""
 
 from cnnjax.parallel.mesh import (
     DATA_AXIS,

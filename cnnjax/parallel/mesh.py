@@ -26,7 +26,7 @@ def data_mesh(num_devices: int = 0, devices: Sequence[jax.Device] | None = None)
     if num_devices:
         if num_devices > len(devices):
             raise UserError(
-                f"--config.parallel.num_devices={num_devices} but only {len(devices)} devices "
+                f"config.parallel.num_devices={num_devices} but only {len(devices)} devices "
                 "are visible: lower it or set 0 to use all of them"
             )
         devices = devices[:num_devices]

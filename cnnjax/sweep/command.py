@@ -7,6 +7,7 @@ import os
 import ml_collections
 
 from cnnjax.errors import UserError
+from cnnjax.sweep import local_executor, slurm_executor
 from cnnjax.sweep import report as sweep_report
 from cnnjax.sweep import status as run_status
 from cnnjax.sweep.plan import make_plan, write_plan
@@ -43,11 +44,9 @@ def sweep(
         return _slurm(plan, todo, dry_run, slurm_options)
     if launcher != "local":
         raise UserError(f"unknown --launcher={launcher!r}: use local or slurm")
-    from launch import local
-
     if dry_run:
         print("dry run: nothing is started; would run, in this order:")
-        print(local.describe(todo, workers) if todo else "nothing: every run is done")
+        print(local_executor.describe(todo, workers) if todo else "nothing: every run is done")
         return 0
     write_plan(plan)
     total = len(todo)
@@ -67,7 +66,7 @@ def sweep(
     if total:
         print(f"running {total} runs, {workers} at a time (logs: <run>/{run_status.LOG_FILE})")
         try:
-            local.run_all(todo, workers, on_finish=on_finish)
+            local_executor.run_all(todo, workers, on_finish=on_finish)
         except KeyboardInterrupt:  # the runs were stopped; their checkpoints remain
             sweep_report.write_report(plan.sweep_dir)
             print("\ninterrupted: rerun the same command to resume (finished runs are kept)")
@@ -109,13 +108,11 @@ def _print_paths(paths: dict) -> None:
 
 
 def _slurm(plan, todo, dry_run: bool, options) -> int:
-    from launch import slurm
-
     if dry_run:
         import tempfile
 
         with tempfile.TemporaryDirectory() as scratch:  # show the files without writing them
-            commands, script = slurm.write(scratch, todo, options)
+            commands, script = slurm_executor.write(scratch, todo, options)
             print(
                 f"dry run: would write {plan.sweep_dir}/slurm/sweep.sbatch "
                 f"({len(todo)} array tasks) and submit it:\n"
@@ -126,9 +123,9 @@ def _slurm(plan, todo, dry_run: bool, options) -> int:
             print(open(commands).read(), end="")
         return 0
     write_plan(plan)
-    commands, script = slurm.write(plan.sweep_dir, todo, options)
+    commands, script = slurm_executor.write(plan.sweep_dir, todo, options)
     print(f"wrote {script} ({len(todo)} array tasks) and {commands}")
-    print(slurm.submit(script))
+    print(slurm_executor.submit(script))
     print(f"report at any time: cnnjax report {plan.sweep_dir}")
     return 0
 

@@ -28,9 +28,9 @@ import shlex
 import sys
 
 import ml_collections
-from ml_collections.config_flags import config_flags
 
 from cnnjax.config_base import flatten
+from cnnjax.config_loader import format_value, load_config
 from cnnjax.errors import UserError
 
 PLAN_FILE = "sweep.json"
@@ -76,33 +76,6 @@ class SweepPlan:
                 for r in self.runs
             ],
         }
-
-
-def load_config_file(path_and_arg: str) -> ml_collections.ConfigDict:
-    """Loads `file.py[:arg]` as `--config=` would, unlocked."""
-    parser = config_flags.ConfigFileFlagParser(name="config", lock_config=False)
-    try:
-        return parser.parse(path_and_arg)
-    except UserError:
-        raise
-    except Exception as error:  # noqa: BLE001 (anything raised by the file's get_config)
-        message = str(error).strip().splitlines()
-        raise UserError(
-            f"cannot load {path_and_arg!r} ({type(error).__name__}: "
-            f"{message[-1] if message else ''})"
-        ) from None
-
-
-def format_value(value) -> str:
-    """`value` as `--config.key=` expects it (the inverse of ml_collections' parser)."""
-    if isinstance(value, bool):
-        return "True" if value else "False"
-    if isinstance(value, (tuple, list)):
-        inner = ",".join(format_value(v) for v in value)
-        return f"({inner},)" if len(value) == 1 else f"({inner})"
-    if value is None:
-        return "None"
-    return str(value)
 
 
 def _set(config: ml_collections.ConfigDict, key: str, value, where: str) -> None:
@@ -178,7 +151,7 @@ def _slug(label: str) -> str:
 
 # Keys added to cnnjax after sweeps were planned with it, with their defaults: left out of the
 # hash while at the default, so that existing sweeps keep their run ids (and workdirs).
-KEYS_ADDED_LATER = {"optimizer.allow_lr_increase": False}
+KEYS_ADDED_LATER = {"optimizer.allow_lr_increase": False, "model.fast_paths": True}
 
 
 def config_hash(config: ml_collections.ConfigDict) -> str:
@@ -215,7 +188,7 @@ def make_plan(
         label = ", ".join(levels) or "base"
         arms.append(label)
         for seed in seeds:
-            config = load_config_file(base)
+            config = load_config(base)
             overrides = {**fixed, **factors, "seed": seed}
             for key, value in overrides.items():
                 _set(config, key, value, where=f"sweep arm {label!r}")

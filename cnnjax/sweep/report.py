@@ -31,14 +31,14 @@ import json
 import math
 import os
 
+from cnnjax.config_loader import format_value
 from cnnjax.errors import UserError
 from cnnjax.metrics import read_metrics
 from cnnjax.sweep import stats
 from cnnjax.sweep import status as run_status
-from cnnjax.sweep.plan import format_value, read_plan_json
+from cnnjax.sweep.plan import read_plan_json
 
 DEFAULT_METRICS = ("test_accuracy", "train_accuracy")
-DEFAULT_CURVES = (("test", "accuracy"), ("train", "accuracy"))
 
 
 def epochs_to_threshold(records: list[dict], threshold: dict) -> float | None:

@@ -6,13 +6,12 @@ import math
 import os
 from collections import defaultdict
 
-import matplotlib
+from matplotlib.figure import Figure  # not pyplot: the process's backend is the user's
 
-matplotlib.use("Agg")  # files only: no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
+from cnnjax.sweep import stats
 
-from cnnjax.sweep import stats  # noqa: E402
-from cnnjax.sweep.report import DEFAULT_CURVES  # noqa: E402
+# The report's `curves` when the sweep config names none: [split, key] per panel.
+DEFAULT_CURVES = (("test", "accuracy"), ("train", "accuracy"))
 
 
 def arm_curve(series: list[list[tuple[float, float]]]):
@@ -34,7 +33,8 @@ def draw(collected: dict, summaries: dict, out: str, *, partial: bool) -> dict:
     curves = curves or list(DEFAULT_CURVES)
     suffix = " (PARTIAL)" if partial else ""
     paths = {"curves": os.path.join(out, "curves.png")}
-    fig, axes = plt.subplots(1, len(curves), figsize=(5.5 * len(curves), 4), squeeze=False)
+    fig = Figure(figsize=(5.5 * len(curves), 4))
+    axes = fig.subplots(1, len(curves), squeeze=False)
     for ax, (split, key) in zip(axes[0], curves, strict=True):
         for arm in collected["plan"]["arms"]:
             series = [
@@ -64,7 +64,6 @@ def draw(collected: dict, summaries: dict, out: str, *, partial: bool) -> dict:
     fig.suptitle(f"mean over seeds, 95% band{suffix}")
     fig.tight_layout()
     fig.savefig(paths["curves"], dpi=120)
-    plt.close(fig)
 
     for metric in collected["metrics"][:1] + [t["name"] for t in collected["thresholds"]]:
         paths[metric] = _bars(
@@ -78,7 +77,8 @@ def _bars(collected: dict, summaries: dict, metric: str, path: str, suffix: str)
     means = [summaries[a][metric].mean for a in arms]
     errors = [summaries[a][metric].half_width for a in arms]
     errors = [e if math.isfinite(e) else 0.0 for e in errors]
-    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(arms) + 2), 4))
+    fig = Figure(figsize=(max(5, 1.1 * len(arms) + 2), 4))
+    ax = fig.subplots()
     ax.bar(
         range(len(arms)),
         [m if math.isfinite(m) else 0 for m in means],
@@ -115,7 +115,6 @@ def _bars(collected: dict, summaries: dict, metric: str, path: str, suffix: str)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 

@@ -131,6 +131,30 @@ class RunCheckpoints:
     def all_steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
 
+    def resolve(self, which: str) -> int:
+        """The step of checkpoint `which`: "best" (by test accuracy; the latest when none was
+        ranked), "latest", or a step number that exists."""
+        latest = self.latest_step()
+        if latest is None:
+            raise UserError(
+                f"no checkpoint in {self.directory}: train first (`cnnjax train`), or check "
+                "the workdir"
+            )
+        if which == "latest":
+            return latest
+        if which == "best":
+            best = self.best_step()
+            return latest if best is None else best
+        if not which.isdigit():
+            raise UserError(f"checkpoint {which!r}: give best, latest or a step number")
+        available = self.all_steps()
+        if int(which) not in available:
+            raise UserError(
+                f"no checkpoint at step {which} in {self.directory}: available steps are "
+                f"{', '.join(map(str, available))}"
+            )
+        return int(which)
+
     def save(self, step: int, state: Any, record: dict, metrics: dict | None = None) -> None:
         """Saves asynchronously; `metrics` (with a finite test_accuracy) ranks it among the
         best. A write that fails (full disk, read-only folder) raises a one-line UserError."""

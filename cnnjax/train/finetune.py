@@ -5,12 +5,12 @@ copied into the new run's fresh state wherever the path and shape match, except 
 `finetune.reinit` (a new head for new classes even when the class count is the same); heads whose
 shapes differ keep their fresh initialization. `finetune.freeze` and `finetune.lr_multipliers`
 become an `optax.multi_transform` over parameter-path labels; `finetune.batch_norm="frozen"`
-keeps batch norm in inference mode while training (the usual choice when the new data is small).
+keeps batch norm in inference mode while training (the usual choice when the new data is small):
+the model's `layer_options.frozen_batch_norm`, set by `cnnjax.train.run.layer_options`.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 
@@ -20,6 +20,7 @@ import numpy as np
 import optax
 
 from cnnjax.errors import UserError
+from cnnjax.train.checkpoints import RunCheckpoints
 
 FROZEN = "frozen"
 BASE = "base"
@@ -93,9 +94,6 @@ def wrap_optimizer(
 
 def read_pretrained(workdir: str, checkpoint: str) -> tuple[dict, int]:
     """The saved state tree (params, batch_stats, ...) of `workdir`'s checkpoint, as numpy."""
-    from cnnjax.train.checkpoints import RunCheckpoints
-    from cnnjax.train.trained_run import resolve_checkpoint
-
     if not os.path.isdir(os.path.join(workdir, "checkpoints")):
         raise UserError(
             f"config.init_from={workdir!r} holds no checkpoints: give the --workdir of a "
@@ -103,7 +101,7 @@ def read_pretrained(workdir: str, checkpoint: str) -> tuple[dict, int]:
         )
     checkpoints = RunCheckpoints(workdir, keep_best=1, read_only=True)
     try:
-        step = resolve_checkpoint(checkpoints, str(checkpoint))
+        step = checkpoints.resolve(str(checkpoint))
         saved = checkpoints.restore_as_saved(step)
     finally:
         checkpoints.close()
@@ -152,18 +150,3 @@ def initialize_from(state, config: ml_collections.ConfigDict) -> tuple[object, s
         f"arrays loaded; fresh: {', '.join(fresh) or 'none'}"
     )
     return state, report
-
-
-def with_frozen_batch_norm(step):
-    """`step` traced with batch norm in inference mode (FROZEN_BATCH_NORM set while tracing)."""
-    from cnnjax.models.layers import FROZEN_BATCH_NORM
-
-    @functools.wraps(step)
-    def frozen(*args, **kwargs):
-        token = FROZEN_BATCH_NORM.set(True)
-        try:
-            return step(*args, **kwargs)
-        finally:
-            FROZEN_BATCH_NORM.reset(token)
-
-    return frozen

@@ -1,4 +1,5 @@
-"""Optax optimizers and learning-rate schedules built from `config.optimizer`."""
+"""Optax optimizers and learning-rate schedules built from `config.optimizer`, and the checks
+of that section."""
 
 from __future__ import annotations
 
@@ -6,10 +7,50 @@ import jax
 import ml_collections
 import optax
 
+from cnnjax.config_values import check_choice, check_fraction, check_positive, is_finite
 from cnnjax.errors import UserError
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "step")
+
+
+def validate_optimizer_config(config: ml_collections.ConfigDict) -> None:
+    """Raises UserError for the first invalid setting of `config.optimizer`; `config` is the
+    whole run config, as the warm-up is checked against the run's length (`config.train`)."""
+    optimizer = config.optimizer
+    check_choice("optimizer", optimizer.name, OPTIMIZERS)
+    check_choice("schedule", optimizer.schedule, SCHEDULES)
+    check_positive(optimizer.learning_rate, "optimizer.learning_rate")
+    check_fraction(optimizer.momentum, "optimizer.momentum")
+    check_positive(optimizer.weight_decay, "optimizer.weight_decay", allow_zero=True)
+    check_positive(optimizer.grad_clip_norm, "optimizer.grad_clip_norm", allow_zero=True)
+    check_fraction(optimizer.label_smoothing, "optimizer.label_smoothing")
+    check_positive(optimizer.warmup_epochs, "optimizer.warmup_epochs", allow_zero=True)
+    epochs = config.train.epochs
+    # With train.steps set, the run's length in epochs is only known once the data is loaded.
+    if config.train.steps is None and optimizer.warmup_epochs > epochs:
+        raise UserError(
+            f"config.optimizer.warmup_epochs={optimizer.warmup_epochs} is longer than the run "
+            f"(config.train.epochs={epochs}, train.steps unset), so the learning rate never "
+            f"reaches its peak: set config.optimizer.warmup_epochs=... to at most {epochs}"
+        )
+    for epoch in optimizer.decay_epochs:
+        if not (is_finite(epoch) and epoch >= 0):
+            raise UserError(
+                f"config.optimizer.decay_epochs entries must be finite numbers >= 0 (got "
+                f"{optimizer.decay_epochs}): set config.optimizer.decay_epochs='(30, 60)'"
+            )
+    check_positive(optimizer.decay_factor, "optimizer.decay_factor")
+    if (
+        optimizer.schedule == "step"
+        and optimizer.decay_factor > 1
+        and not optimizer.allow_lr_increase
+    ):
+        raise UserError(
+            f"config.optimizer.decay_factor={optimizer.decay_factor} > 1 raises the learning "
+            "rate at each of optimizer.decay_epochs: set config.optimizer.decay_factor=... "
+            "to at most 1, or config.optimizer.allow_lr_increase=True if that is meant"
+        )
 
 
 def make_schedule(

@@ -26,6 +26,15 @@ class TrainState(train_state.TrainState):
     ema_params: Any = struct.field(default_factory=dict)
 
 
+def _keys(seed: int) -> tuple[jax.Array, jax.Array]:
+    return jax.random.split(jax.random.key(seed))
+
+
+def initialization_key(seed: int) -> jax.Array:
+    """The key `create_train_state` initializes the parameters of `seed` with."""
+    return _keys(seed)[0]
+
+
 def create_train_state(
     model: nn.Module,
     tx: optax.GradientTransformation,
@@ -39,7 +48,7 @@ def create_train_state(
     The initial parameters depend only on `seed` (through its `init` key); the dropout key is a
     separate purpose-named key, so changing the dropout rate does not change the initialization.
     """
-    init_key, step_key = jax.random.split(jax.random.key(seed))
+    init_key, step_key = _keys(seed)
     dummy = jnp.zeros((1, *input_shape), jnp.float32)
     variables = jax.jit(lambda k: model.init(k, dummy, train=False))(init_key)
     state = TrainState.create(

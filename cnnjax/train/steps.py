@@ -1,18 +1,19 @@
 """Pure training and evaluation steps: `train_step(state, batch) -> (state, metrics)`.
 
-No config reads, prints or Python side effects inside; static settings are bound with
-`functools.partial` by the caller, which jits each step once. Metrics are returned as sums
-(loss sum, correct count, example count) so that they aggregate exactly over any number of steps
-and over padded evaluation batches.
+No config reads, prints or Python side effects inside; the static settings travel in one frozen,
+hashable `StepOptions` bound with `functools.partial` by the caller, which jits each step once
+(adding an option is one field). Metrics are returned as sums (loss sum, correct count, example
+count) so that they aggregate exactly over any number of steps. Evaluation is the masked-sum
+evaluator of cnnjax/train/evaluation.py.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from cnnjax.train.state import TrainState
@@ -20,6 +21,28 @@ from cnnjax.train.state import TrainState
 Batch = dict[str, jax.Array]
 AUX_LOSS_WEIGHT = 0.3
 Metrics = dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+    """What a train or evaluation step computes besides the model: hashable, so that a different
+    choice is a different function for `jax.jit` (bind it with `functools.partial`).
+
+    `compute_dtype`: "float32", or e.g. "bfloat16" for mixed precision (parameters and images
+    cast for the forward and backward passes; master weights stay float32);
+    `grad_accum_steps`: micro-batches per step; `ema_decay`: 0, or the decay of `ema_params`.
+    """
+
+    num_classes: int
+    label_smoothing: float = 0.0
+    compute_dtype: str = "float32"
+    grad_accum_steps: int = 1
+    ema_decay: float = 0.0
+
+    @property
+    def dtype(self):
+        """The dtype to cast to, or None for float32 (no cast)."""
+        return None if self.compute_dtype == "float32" else jnp.dtype(self.compute_dtype)
 
 
 def cross_entropy(
@@ -32,7 +55,8 @@ def cross_entropy(
     return optax.softmax_cross_entropy(logits, targets)
 
 
-def _variables(params, batch_stats) -> dict:
+def model_variables(params, batch_stats) -> dict:
+    """The variables `apply` takes: params, and batch_stats when the model has any."""
     if batch_stats:
         return {"params": params, "batch_stats": batch_stats}
     return {"params": params}
@@ -53,22 +77,20 @@ def training_loss(
     apply_fn,
     batch: Batch,
     dropout_key: jax.Array,
-    *,
-    num_classes: int,
-    label_smoothing: float = 0.0,
-    compute_dtype=None,
+    options: StepOptions,
 ):
     """The training objective: (mean loss, (logits, per-example losses, new batch_stats)).
 
     Cross-entropy of the logits plus 0.3 x that of any auxiliary logits the model sows under
     `intermediates/aux_logits`, with batch norm in training mode (batch statistics) and dropout
     drawn from `dropout_key`. `train_step` differentiates exactly this function, and so does the
-    gradient check (cnnjax/inspect/gradcheck.py). With `compute_dtype` the forward pass runs on a
-    cast copy of the parameters and images.
+    gradient check (cnnjax/inspect/gradcheck.py). With `options.compute_dtype` the forward pass
+    runs on a cast copy of the parameters and images.
     """
+    num_classes, label_smoothing = options.num_classes, options.label_smoothing
     logits, updates = apply_fn(
-        _variables(cast_floats(params, compute_dtype), batch_stats),
-        cast_floats(batch["image"], compute_dtype),
+        model_variables(cast_floats(params, options.dtype), batch_stats),
+        cast_floats(batch["image"], options.dtype),
         train=True,
         rngs={"dropout": dropout_key},
         mutable=["batch_stats", "intermediates"],
@@ -99,17 +121,14 @@ def gradients(
     batch_stats,
     batch: Batch,
     dropout_key: jax.Array,
-    *,
-    num_classes: int,
-    label_smoothing: float = 0.0,
-    compute_dtype=None,
+    options: StepOptions,
 ):
     """(grads, logits, per-example losses, new batch_stats) of `training_loss` on `batch`.
 
-    With `compute_dtype` (e.g. bfloat16) the forward and backward passes run in that dtype on a
-    cast copy of the parameters; the gradients come back in the parameters' dtype (float32), so
-    the optimizer state and the master weights stay in float32. Logits are cast back to float32
-    before the softmax.
+    With `options.compute_dtype` (e.g. bfloat16) the forward and backward passes run in that
+    dtype on a cast copy of the parameters; the gradients come back in the parameters' dtype
+    (float32), so the optimizer state and the master weights stay in float32. Logits are cast
+    back to float32 before the softmax.
     """
     loss_fn = functools.partial(
         training_loss,
@@ -117,23 +136,20 @@ def gradients(
         apply_fn=state.apply_fn,
         batch=batch,
         dropout_key=dropout_key,
-        num_classes=num_classes,
-        label_smoothing=label_smoothing,
-        compute_dtype=compute_dtype,
+        options=options,
     )
     grads, (logits, losses, new_stats) = jax.grad(loss_fn, has_aux=True)(params)
     return grads, logits, losses, new_stats
 
 
-def accumulated_gradients(
-    state: TrainState, batch: Batch, dropout_key, *, micro_batches: int, **options
-):
-    """`gradients` over `micro_batches` equal slices of `batch`, averaged: the same update as one
-    step on the whole batch for models without batch statistics, in 1/k of the activation
-    memory. Batch statistics are updated slice after slice (as k smaller steps would), and each
-    slice draws its own dropout key."""
+def accumulated_gradients(state: TrainState, batch: Batch, dropout_key, options: StepOptions):
+    """`gradients` over `options.grad_accum_steps` (k) equal slices of `batch`, averaged: the
+    same update as one step on the whole batch for models without batch statistics, in 1/k of
+    the activation memory. Batch statistics are updated slice after slice (as k smaller steps
+    would), and each slice draws its own dropout key."""
+    micro_batches = options.grad_accum_steps
     if micro_batches == 1:
-        return gradients(state, state.params, state.batch_stats, batch, dropout_key, **options)
+        return gradients(state, state.params, state.batch_stats, batch, dropout_key, options)
     size = batch["label"].shape[0]
     if size % micro_batches:
         raise ValueError(f"batch of {size} does not split into {micro_batches} micro-batches")
@@ -146,7 +162,7 @@ def accumulated_gradients(
         micro, index = inputs
         key = jax.random.fold_in(dropout_key, index)
         grads, logits, losses, batch_stats = gradients(
-            state, state.params, batch_stats, micro, key, **options
+            state, state.params, batch_stats, micro, key, options
         )
         return (jax.tree.map(jnp.add, grad_sum, grads), batch_stats), (logits, losses)
 
@@ -202,73 +218,14 @@ def step_dropout_key(state: TrainState) -> jax.Array:
     return jax.random.fold_in(step_key, 0)
 
 
-def train_step(
-    state: TrainState,
-    batch: Batch,
-    *,
-    num_classes: int,
-    label_smoothing: float = 0.0,
-    compute_dtype=None,
-    grad_accum_steps: int = 1,
-    ema_decay: float = 0.0,
-) -> tuple[TrainState, Metrics]:
-    """One gradient step on `batch` {'image': [B, H, W, C], 'label': [B]}.
-
-    `compute_dtype`: None (float32) or e.g. jnp.bfloat16 for mixed precision;
-    `grad_accum_steps`: micro-batches per step; `ema_decay`: 0 or the decay of `ema_params`.
-    """
+def train_step(state: TrainState, batch: Batch, options: StepOptions) -> tuple[TrainState, Metrics]:
+    """One gradient step on `batch` {'image': [B, H, W, C], 'label': [B]}."""
     grads, logits, losses, batch_stats = accumulated_gradients(
-        state,
-        batch,
-        step_dropout_key(state),
-        micro_batches=grad_accum_steps,
-        num_classes=num_classes,
-        label_smoothing=label_smoothing,
-        compute_dtype=compute_dtype,
+        state, batch, step_dropout_key(state), options
     )
     metrics = step_metrics(logits, losses, batch["label"])
     metrics.update(finiteness_metrics(metrics["loss_sum"], grads, state.step))
-    return apply_update(state, grads, batch_stats, ema_decay), metrics
-
-
-def eval_step(
-    state: TrainState,
-    batch: Batch,
-    *,
-    num_classes: int,
-    with_confusion: bool = False,
-    compute_dtype=None,
-    use_ema: bool = False,
-) -> Metrics:
-    """Loss and accuracy sums on `batch`, counting only examples whose `mask` is 1.
-
-    Labels may be per example [B] or per pixel [B, H, W]; with `with_confusion`, also the
-    confusion matrix [true class, predicted class] of the counted examples or pixels; with
-    `use_ema`, the exponential moving average of the weights is evaluated.
-    """
-    params = state.ema_params if use_ema else state.params
-    logits = state.apply_fn(
-        _variables(cast_floats(params, compute_dtype), state.batch_stats),
-        cast_floats(batch["image"], compute_dtype),
-        train=False,
-    ).astype(jnp.float32)
-    losses = cross_entropy(logits, batch["label"], num_classes=num_classes)
-    mask = jnp.broadcast_to(
-        batch["mask"].reshape(-1, *([1] * (losses.ndim - 1))), losses.shape
-    )  # [B] -> the shape of the labels
-    predictions = logits.argmax(-1)
-    metrics = {
-        "loss_sum": (losses * mask).sum(),
-        "correct": ((predictions == batch["label"]) * mask).sum(),
-        "count": mask.sum(),
-    }
-    if with_confusion:
-        metrics["confusion"] = (
-            jnp.zeros((num_classes, num_classes), jnp.float32)
-            .at[batch["label"].ravel(), predictions.ravel()]
-            .add(mask.ravel())
-        )
-    return metrics
+    return apply_update(state, grads, batch_stats, options.ema_decay), metrics
 
 
 def add_metrics(total: Metrics, new: Metrics) -> Metrics:
@@ -288,15 +245,6 @@ def zero_metrics() -> Metrics:
 
 
 def summarize(sums: dict) -> dict[str, float]:
-    """Mean loss and accuracy from metric sums; mean IoU too when a confusion matrix is there.
-
-    Mean IoU averages, over the classes that occur or are predicted, TP / (TP + FP + FN).
-    """
+    """Mean loss and accuracy of the train step's metric sums (on the host)."""
     count = max(float(sums["count"]), 1.0)
-    summary = {"loss": float(sums["loss_sum"]) / count, "accuracy": float(sums["correct"]) / count}
-    if "confusion" in sums:
-        confusion = np.asarray(sums["confusion"], np.float64)
-        true_positives = np.diag(confusion)
-        union = confusion.sum(0) + confusion.sum(1) - true_positives
-        summary["mean_iou"] = float((true_positives[union > 0] / union[union > 0]).mean())
-    return summary
+    return {"loss": float(sums["loss_sum"]) / count, "accuracy": float(sums["correct"]) / count}

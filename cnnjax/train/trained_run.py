@@ -1,26 +1,39 @@
 """A finished (or interrupted) run read back from its workdir, for evaluation and inspection.
 
-`load_trained_run(workdir, checkpoint="best")` rebuilds the run from the `config.json` it wrote
-(its model, its data with the training split's normalization, its mesh) and restores one of its
-checkpoints: the best by test accuracy, the latest, or a step number. Nothing in the workdir is
-changed.
+`load_trained_run(workdir, checkpoint="best")` rebuilds the run's model from the `config.json`
+it wrote, its evaluation input (normalized with the training split's statistics, read from the
+workdir: the training split is not loaded) and its mesh, and restores one of its checkpoints:
+the best by test accuracy, the latest, or a step number. Nothing in the workdir is changed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from cnnjax import parallel
 from cnnjax.config_base import get_base_config
+from cnnjax.data.inputs import RunInput, TrainingSplitStats, make_input
 from cnnjax.errors import UserError
-from cnnjax.train.checkpoints import RunCheckpoints
-from cnnjax.train.run import Run
-from cnnjax.train.state import TrainState
+from cnnjax.train.checkpoints import RunCheckpoints, model_signature
+from cnnjax.train.config_checks import validate_config
+from cnnjax.train.evaluation import evaluation_sums, summarize_evaluation
+from cnnjax.train.run import (
+    TRAIN_STATS_FILE,
+    build_model,
+    make_run_optimizer,
+    make_steps,
+    schedule_of,
+    step_options,
+)
+from cnnjax.train.state import TrainState, abstract_train_state, initialization_key
 
 CONFIG_FILE = "config.json"
 
@@ -53,53 +66,61 @@ def _add_missing(config: ml_collections.ConfigDict, defaults: ml_collections.Con
             _add_missing(config[key], value)
 
 
-def resolve_checkpoint(checkpoints: RunCheckpoints, which: str) -> int:
-    """The step of checkpoint `which`: "best" (by test accuracy; the latest when none was
-    ranked), "latest", or a step number that exists."""
-    latest = checkpoints.latest_step()
-    if latest is None:
-        raise UserError(
-            f"no checkpoint in {checkpoints.directory}: train first (`cnnjax train`), or check "
-            "--workdir"
-        )
-    if which == "latest":
-        return latest
-    if which == "best":
-        best = checkpoints.best_step()
-        return latest if best is None else best
-    if not which.isdigit():
-        raise UserError(f"--checkpoint={which!r}: give best, latest or a step number")
-    available = checkpoints.all_steps()
-    if int(which) not in available:
-        raise UserError(
-            f"no checkpoint at step {which} in {checkpoints.directory}: available steps are "
-            f"{', '.join(map(str, available))}"
-        )
-    return int(which)
-
-
 @dataclasses.dataclass
 class TrainedRun:
-    """A run restored from a checkpoint: the `Run` (config, input, model, mesh, jitted steps)
-    whose `state` holds the checkpoint's parameters, and the step it was saved at."""
+    """A run restored from a checkpoint: its config, model, evaluation input and mesh, the
+    state holding the checkpoint's parameters, and the step it was saved at."""
 
-    run: Run
+    config: ml_collections.ConfigDict
+    workdir: str
     step: int
-    # The parameters the run started from (create_train_state with its seed), kept from building
-    # the Run so that inspecting them needs no second initialization.
-    initial_params: dict = dataclasses.field(repr=False, default_factory=dict)
+    state: TrainState
+    model: nn.Module
+    input: RunInput
+    mesh: jax.sharding.Mesh
 
     @property
-    def config(self) -> ml_collections.ConfigDict:
-        return self.run.config
+    def input_shape(self) -> tuple[int, ...]:
+        return self.input.input_shape
 
-    @property
-    def state(self) -> TrainState:
-        return self.run.state
+    def evaluation_sums(self, *, use_ema: bool = False) -> dict:
+        """The evaluator's sums (the training loop's) over every example of the evaluation
+        split, on the host; `use_ema` evaluates the moving average of the weights."""
+        compiled = make_steps(
+            step_options(self.config, self.input.num_classes), mesh=self.mesh, parallel_step="jit"
+        )
+        if use_ema and compiled.evaluate_ema is None:
+            raise UserError("this run kept no moving average of its weights (train.ema_decay=0)")
+        step = compiled.evaluate_ema if use_ema else compiled.evaluate
+        try:
+            return evaluation_sums(step, self.state, self.input.eval_batches(), self.mesh)
+        except ValueError:
+            split = self.config.data.eval_split
+            raise UserError(f"split {split!r} has no examples: check the split") from None
 
-    @property
-    def workdir(self) -> str:
-        return self.run.workdir
+    def evaluate(self, *, use_ema: bool = False) -> dict:
+        """Top-1 and top-k accuracy, loss, per-class accuracy, calibration (ECE) and the
+        confusion matrix over the evaluation split (`summarize_evaluation`)."""
+        return summarize_evaluation(
+            self.evaluation_sums(use_ema=use_ema),
+            with_mean_iou=self.config.data.task == "segmentation",
+        )
+
+    @functools.cached_property
+    def initial_params(self) -> dict:
+        """The parameters the run started from (its seed's initialization)."""
+        variables = jax.jit(
+            lambda key: self.model.init(key, jnp.zeros((1, *self.input_shape)), train=False)
+        )(initialization_key(self.config.seed))
+        return variables["params"]
+
+
+def _read_train_stats(workdir: str) -> TrainingSplitStats | None:
+    path = os.path.join(workdir, TRAIN_STATS_FILE)
+    if not os.path.exists(path):
+        return None  # a run of an earlier cnnjax: the training split gives them again
+    with open(path) as f:
+        return TrainingSplitStats.from_json(json.load(f))
 
 
 def load_trained_run(
@@ -112,18 +133,26 @@ def load_trained_run(
     """
     workdir = os.path.abspath(workdir)
     config = config or read_run_config(workdir)
-    # A bad `checkpoint` fails before the data are loaded (seconds to minutes for big splits).
+    validate_config(config)
     checkpoints = RunCheckpoints(
         workdir, keep_best=config.train.keep_best_checkpoints, read_only=True
     )
     try:
-        step = resolve_checkpoint(checkpoints, checkpoint)
+        # A bad `checkpoint` fails before the data are loaded.
+        step = checkpoints.resolve(str(checkpoint))
+        data = make_input(config, _read_train_stats(workdir))
+        model = build_model(config, data.num_classes)
+        mesh = parallel.data_mesh(config.parallel.num_devices)
+        parallel.check_batch_size(config.data.eval_batch_size, mesh, "data.eval_batch_size")
+        tx = make_run_optimizer(config, schedule_of(config, data.num_train))
+        abstract = parallel.with_sharding(
+            abstract_train_state(
+                model, tx, input_shape=data.input_shape, ema=config.train.ema_decay > 0
+            ),
+            parallel.replicated(mesh),
+        )
+        signature = model_signature(config.model.name, abstract.params)
+        state, _ = checkpoints.restore(step, abstract, signature)
     finally:
         checkpoints.close()
-    run = Run(config, workdir, read_only=True)
-    initial_params = run.state.params
-    abstract = parallel.with_sharding(
-        jax.eval_shape(lambda s: s, run.state), parallel.replicated(run.mesh)
-    )
-    run.state, _ = run.checkpoints.restore(step, abstract, run.signature)
-    return TrainedRun(run=run, step=step, initial_params=initial_params)
+    return TrainedRun(config, workdir, step, state, model, data, mesh)

@@ -20,7 +20,7 @@ import os
 import ml_collections
 
 from cnnjax.config_base import parse_arg
-from cnnjax.sweep.plan import load_config_file
+from cnnjax.config_loader import load_config
 
 # Two ways to cut Fashion-MNIST's ten classes into pretraining and target halves (class ids):
 # "dissimilar" leaves all four upper-body garments to the target, so pretraining sees none of
@@ -41,7 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = parse_arg(arg, split="dissimilar", epochs=8, smoke=False)
     if args.split not in SPLITS:
         raise ValueError(f"split={args.split!r}: use one of {', '.join(SPLITS)}")
-    config = load_config_file(DEFAULT_RECIPE + (":smoke" if args.smoke else ""))
+    config = load_config(DEFAULT_RECIPE + (":smoke" if args.smoke else ""))
     config.data.classes = SPLITS[args.split][0]
     config.train.epochs = 1 if args.smoke else args.epochs
     return config

@@ -1,23 +1,28 @@
-"""Evaluation beyond top-1: a pure step that returns sums, and the metrics derived from them.
+"""The one evaluator, used by the training loop and by `cnnjax eval`: a pure step that returns
+masked sums, and the metrics derived from them.
 
-`full_eval_step(state, batch) -> sums` counts, over the examples (or pixels) whose `mask` is 1,
+`eval_step(state, batch, options) -> sums` counts, over the examples (or pixels) whose `mask` is 1,
 the loss, top-1 and top-k hits, the confusion matrix and a calibration histogram over the
 confidence (the largest softmax probability). Everything is a sum, so the sums of any split of
 the data into batches add up to the same totals, and `summarize_evaluation(sums)` turns the
 totals into accuracies, per-class accuracy, expected / maximum calibration error and mean IoU.
 
-Counts are int32, not float32 as in `cnnjax.train.steps.eval_step`: a float32 sum stops being
-exact past 2**24 (16.8M), which the pixel counts of a dense task's test split exceed.
+Counts are int32: a float32 sum stops being exact past 2**24 (16.8M), which the pixel counts of
+a dense task's test split exceed.
 """
 
 from __future__ import annotations
+
+import collections
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cnnjax import parallel
 from cnnjax.train.state import TrainState
-from cnnjax.train.steps import _variables, cast_floats
+from cnnjax.train.steps import StepOptions, cast_floats, model_variables
 
 Batch = dict[str, jax.Array]
 Sums = dict[str, jax.Array]
@@ -35,28 +40,28 @@ def _top_k_key(sums: dict) -> str:
     return others[0] if others else "top_1_correct"
 
 
-def full_eval_step(
+def eval_step(
     state: TrainState,
     batch: Batch,
+    options: StepOptions,
     *,
-    num_classes: int,
+    use_ema: bool = False,
     num_bins: int = NUM_BINS,
     top_k: int = TOP_K,
-    compute_dtype=None,
-    use_ema: bool = False,
 ) -> Sums:
     """Evaluation sums on `batch` {'image', 'label' [B] or [B, H, W], 'mask' [B]}.
 
     Returns count, loss_sum, top_1_correct, top_{k}_correct (k = min(top_k, num_classes)),
     confusion [true, predicted], and per calibration bin (equal widths on [0, 1] over the
     confidence): bin_count, bin_confidence (sum) and bin_correct. Examples with mask 0 count for
-    nothing. `compute_dtype` (e.g. bfloat16) casts parameters and images as in training;
-    `use_ema` evaluates the moving average of the weights.
+    nothing. `options.compute_dtype` (e.g. bfloat16) casts parameters and images as in
+    training; `use_ema` evaluates the moving average of the weights.
     """
+    num_classes = options.num_classes
     labels = batch["label"]  # [B] or [B, H, W]
     mask = jnp.broadcast_to(batch["mask"].reshape(-1, *([1] * (labels.ndim - 1))), labels.shape)
     # One row per counted unit (example or pixel): logits [N, K], labels and counted [N].
-    logits = _logits(state, batch["image"], compute_dtype, use_ema).reshape(-1, num_classes)
+    logits = _logits(state, batch["image"], options.dtype, use_ema).reshape(-1, num_classes)
     labels, counted = labels.reshape(-1), (mask.reshape(-1) > 0).astype(jnp.int32)
     # `where`, not a product: padding must add nothing even if its logits are not finite.
     masked = lambda values: jnp.where(counted > 0, values, 0)  # noqa: E731
@@ -91,7 +96,7 @@ def _logits(state: TrainState, images: jax.Array, compute_dtype, use_ema: bool) 
     """The model's float32 logits in inference mode (batch statistics, no dropout)."""
     params = state.ema_params if use_ema else state.params
     return state.apply_fn(
-        _variables(cast_floats(params, compute_dtype), state.batch_stats),
+        model_variables(cast_floats(params, compute_dtype), state.batch_stats),
         cast_floats(images, compute_dtype),
         train=False,
     ).astype(jnp.float32)
@@ -100,6 +105,43 @@ def _logits(state: TrainState, images: jax.Array, compute_dtype, use_ema: bool) 
 def add_sums(total: Sums | None, new: Sums) -> Sums:
     """`total + new`, key by key, on device (no host sync); `new` when `total` is None."""
     return new if total is None else jax.tree.map(jnp.add, total, new)
+
+
+def device_prefetch(batches: Iterator[dict], size: int = 2, mesh=None) -> Iterator[dict]:
+    """Keeps `size` batches in flight to the devices (split over `mesh` when given);
+    transfers are asynchronous."""
+    queue = collections.deque()
+    for batch in batches:
+        queue.append(
+            parallel.shard_batch(batch, mesh) if mesh is not None else jax.device_put(batch)
+        )
+        if len(queue) > size:
+            yield queue.popleft()
+    while queue:
+        yield queue.popleft()
+
+
+def evaluation_sums(eval_fn, state: TrainState, batches: Iterator[dict], mesh=None) -> dict:
+    """The totals of `eval_fn(state, batch)` sums over every batch, as numpy on the host."""
+    sums = None
+    for batch in device_prefetch(batches, mesh=mesh):
+        sums = add_sums(sums, eval_fn(state, batch))
+    if sums is None:
+        raise ValueError("no evaluation batch: the evaluation split is empty")
+    return jax.device_get(sums)
+
+
+def loss_and_accuracy(sums: dict, *, with_mean_iou: bool = False) -> dict[str, float]:
+    """What the training loop records of an evaluation: loss, (top-1) accuracy, and mean IoU
+    for dense tasks."""
+    denominator = max(int(sums["count"]), 1)
+    metrics = {
+        "loss": float(sums["loss_sum"]) / denominator,
+        "accuracy": int(sums["top_1_correct"]) / denominator,
+    }
+    if with_mean_iou:
+        metrics["mean_iou"] = mean_iou(np.asarray(sums["confusion"], np.int64))
+    return metrics
 
 
 def calibration(sums: dict) -> dict:
@@ -158,7 +200,7 @@ def mean_iou(confusion: np.ndarray) -> float:
 
 
 def summarize_evaluation(sums: dict, *, with_mean_iou: bool = False) -> dict:
-    """Plain-Python metrics (JSON-ready) from the totals of `full_eval_step` sums.
+    """Plain-Python metrics (JSON-ready) from the totals of `eval_step` sums.
 
     Returns count, top_k (the k), loss, top_1_accuracy, top_{k}_accuracy, per_class_accuracy
     (None for a class with no example), per_class rows, ece, mce, calibration bins, confusion

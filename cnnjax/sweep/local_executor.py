@@ -1,4 +1,5 @@
-"""Runs a sweep's runs on this machine: up to N at a time, each pinned to its own cores.
+"""Runs a sweep's runs on this machine (`cnnjax sweep`, the default `--launcher=local`): up to
+N at a time, each pinned to its own cores.
 
 The cores this process may use are split into N equal slots (2 cores and `--workers=2`: one core
 each); a run started in a slot is pinned to the slot's cores with `sched_setaffinity`, which

@@ -25,8 +25,8 @@ import sys
 from collections.abc import Sequence
 
 from cnnjax.errors import UserError
+from cnnjax.sweep.local_executor import worker_command
 from cnnjax.sweep.plan import RunSpec, shell_line
-from launch.local import worker_command
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,39 @@
+"""Checks of `config.data` before any data is read: each problem is one line with its fix."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from cnnjax.config_values import check_choice, check_positive
+from cnnjax.data.inputs import STREAMING_DATASETS
+from cnnjax.data.sources import KNOWN_DATASETS
+from cnnjax.data.tasks import TASKS
+from cnnjax.errors import UserError
+
+
+def validate_data_config(config: ml_collections.ConfigDict) -> None:
+    """Raises UserError for the first invalid setting of `config.data` (`config` is the whole
+    run config)."""
+    data = config.data
+    known = KNOWN_DATASETS + STREAMING_DATASETS
+    if data.name not in known:
+        raise UserError(f"unknown dataset {data.name!r}: choose one of {', '.join(known)}")
+    check_positive(data.image_size, "data.image_size")
+    check_positive(data.workers, "data.workers")
+    check_choice("data task", data.task, TASKS)
+    augment = data.augment
+    check_positive(augment.upscale, "data.augment.upscale")
+    if augment.upscale > 1 and data.task != "classification":
+        raise UserError("config.data.augment.upscale is for image classification tasks only")
+    if data.task != "classification" and (augment.random_crop_padding or augment.horizontal_flip):
+        raise UserError(
+            f"data task {data.task!r} takes no crop/flip augmentation: set "
+            "config.data.augment.random_crop_padding=0 and horizontal_flip=False"
+        )
+    check_positive(data.batch_size, "data.batch_size")
+    check_positive(data.eval_batch_size, "data.eval_batch_size")
+    check_positive(augment.random_crop_padding, "data.augment.random_crop_padding", allow_zero=True)
+    examples_per_class = data.train_examples_per_class
+    check_positive(examples_per_class, "data.train_examples_per_class", allow_zero=True)
+    if data.name in STREAMING_DATASETS and (data.classes or examples_per_class):
+        raise UserError("config.data.classes and train_examples_per_class are for in-memory data")
