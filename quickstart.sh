@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The two README commands, each doing all of its own set-up on a fresh Debian machine:
 #   ./quickstart.sh train [cnnjax train flags...]   train the default recipe (LeNet-5, Fashion-MNIST)
-#   ./quickstart.sh test  [pytest args...]          run the default test suite
+#   ./quickstart.sh test  [pytest args...]          run the default test suite (in parallel workers)
 # Set-up (idempotent, skipped when already done): a virtual environment in .venv with cnnjax and
 # its dependencies, and Debian's dataset-fashion-mnist package where apt is available.
 set -euo pipefail
@@ -57,7 +57,10 @@ case "$command" in
   test)
     setup_venv
     setup_dataset
-    "$VENV/bin/python" -m pytest "$@"
+    # Worker processes (pytest-xdist), one test file each at a time: most of the suite's time
+    # is XLA compiling on one core. At most 4: each worker holds a few GB. -n 0 runs serially.
+    workers=${CNNJAX_TEST_WORKERS:-$(( $(nproc) < 4 ? $(nproc) : 4 ))}
+    "$VENV/bin/python" -m pytest -n "$workers" --dist loadfile "$@"
     ;;
   *)
     echo "usage: ./quickstart.sh {train|test} [args...]" >&2

@@ -1,6 +1,7 @@
 """Shared fixtures: a TFDS data directory kept inside the checkout, prepared once per machine."""
 
 import contextlib
+import fcntl
 import os
 import subprocess
 import sys
@@ -45,7 +46,11 @@ def data_dir() -> str:
     """The prepared test data directory (Fashion-MNIST from Debian's package)."""
     from cnnjax.data import load_split
 
-    load_split("fashion_mnist", "test[:10]", data_dir=TEST_DATA_DIR)
+    # Under `pytest -n 2` each worker process asks: the first prepares, the other waits.
+    os.makedirs(TEST_DATA_DIR, exist_ok=True)
+    with open(os.path.join(ROOT, ".cache", "prepare.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        load_split("fashion_mnist", "test[:10]", data_dir=TEST_DATA_DIR)
     return TEST_DATA_DIR
 
 
