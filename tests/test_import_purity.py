@@ -21,10 +21,6 @@ import importlib, importlib.util, json, os, pkgutil, sys
 import jax
 import matplotlib
 
-# A dependency's own doing, not cnnjax's: tensorboardX sets CRC32C_SW_MODE=auto when imported
-# (its crc32c.py), so it is imported before the baseline is recorded.
-import tensorboardX
-
 # A notebook's `%matplotlib inline`; svg stands in where matplotlib_inline is not installed.
 INLINE = "module://matplotlib_inline.backend_inline"
 matplotlib.use(INLINE if importlib.util.find_spec("matplotlib_inline") else "svg")

@@ -20,7 +20,6 @@ import jax
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from tensorboardX import SummaryWriter
 
 from cnnjax.data import sources
 from cnnjax.data.subsets import parse_classes
@@ -175,6 +174,8 @@ def _write_tensorboard(logdir: str, result: dict, figures: dict) -> None:
     suffix = f".step_{step}"
     for stale in glob.glob(os.path.join(logdir, f"events.out.tfevents.*{suffix}")):
         os.remove(stale)
+    from tensorboardX import SummaryWriter  # here: its import changes os.environ
+
     writer = SummaryWriter(logdir, filename_suffix=suffix)
     top_k = f"top_{result['top_k']}_accuracy"
     for name in ("top_1_accuracy", top_k, "loss", "ece", "mce", "mean_iou"):

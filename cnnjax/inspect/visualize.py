@@ -28,7 +28,6 @@ import jax
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.image import imread
-from tensorboardX import SummaryWriter
 
 from cnnjax.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from cnnjax.errors import UserError
@@ -365,6 +364,8 @@ def _write_saliency(
 
 
 def _write_tensorboard(trained: TrainedRun, pngs: dict[str, str]) -> None:
+    from tensorboardX import SummaryWriter  # here: its import changes os.environ
+
     writer = SummaryWriter(os.path.join(trained.workdir, "tensorboard", "visualize"))
     try:
         for name, path in pngs.items():

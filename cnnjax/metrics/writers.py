@@ -6,8 +6,6 @@ import json
 import math
 import os
 
-from tensorboardX import SummaryWriter
-
 from cnnjax.errors import UserError
 from cnnjax.files import write_atomically
 
@@ -60,6 +58,9 @@ class MetricWriter:
         write_atomically(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self._file = open(self.path, "a")  # noqa: SIM115 (closed in close())
         self.tensorboard_dir = os.path.join(workdir, "tensorboard")
+        # Imported here: importing tensorboardX sets CRC32C_SW_MODE in os.environ.
+        from tensorboardX import SummaryWriter
+
         self._tensorboard = SummaryWriter(self.tensorboard_dir, purge_step=resume_step + 1)
 
     def write(self, step: int, split: str, values: dict[str, float]) -> None:
