@@ -8,6 +8,7 @@ import pytest
 
 import cnnjax
 from cnnjax.data.inputs import InMemoryInput
+from cnnjax.models import registry
 from cnnjax.models.lenet import LeNet5
 
 
@@ -39,7 +40,10 @@ def test_public_names_resolve():
         cnnjax.no_such_name  # noqa: B018
 
 
-def test_reregistering_the_same_builder_is_idempotent_and_a_clash_fails():
+def test_reregistering_the_same_builder_is_idempotent_and_a_clash_fails(monkeypatch):
+    # A private copy of the registry: other tests see only the registered variants.
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
     def tiny(**options):
         return cnnjax.create_model("lenet5", **options)
 

@@ -151,7 +151,6 @@ def _train_and_evaluate(config, workdir, model, data, allow_config_change, wall_
             mesh=mesh,
             parallel_step=config.parallel.step,
             batch_norm=config.parallel.batch_norm,
-            dense_task=config.data.task == "segmentation",
         )
         start = int(state.step)
         if is_main:
@@ -262,7 +261,13 @@ def _end_of_epoch(loop: Loop, state, record: RunRecord, done: int, sums) -> bool
     if -(-done // schedule.steps_per_epoch) % cfg.eval_every_epochs == 0 or (
         done == schedule.total_steps
     ):
-        record.last_test = evaluate_test(loop.steps, state, loop.data, loop.mesh)
+        record.last_test = evaluate_test(
+            loop.steps,
+            state,
+            loop.data,
+            loop.mesh,
+            with_mean_iou=loop.config.data.task == "segmentation",
+        )
         epoch = schedule.epoch_of(done)
         loop.writer.write(done, "test", {"epoch": epoch, **record.last_test})
         if loop.is_main:
@@ -282,9 +287,11 @@ def _end_of_epoch(loop: Loop, state, record: RunRecord, done: int, sums) -> bool
 def _save(loop: Loop, state, step: int, record: RunRecord, sums, metrics) -> None:
     """Saves the state at `step` with the record and sums that make a resume exact; never a
     state that a non-finite step touched."""
-    _raise_if_diverged(loop, on_host(sums.epoch))
-    _raise_if_diverged(loop, on_host(sums.window))
-    loop.checkpoints.save(step, state, record.to_checkpoint(loop.signature, sums), metrics)
+    epoch_sums, window_sums = on_host(sums.epoch), on_host(sums.window)  # one transfer each
+    _raise_if_diverged(loop, epoch_sums)
+    _raise_if_diverged(loop, window_sums)
+    saved = record.to_checkpoint(loop.signature, epoch_sums, window_sums)
+    loop.checkpoints.save(step, state, saved, metrics)
 
 
 def _stop(loop: Loop, state, stop: StopRequests, done: int, record, sums) -> None:

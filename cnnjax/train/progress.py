@@ -110,9 +110,9 @@ class RunRecord:
         fields = {field.name for field in dataclasses.fields(cls)}
         return cls(**{key: value for key, value in record.items() if key in fields})
 
-    def to_checkpoint(self, signature: dict, sums: MetricSums) -> dict:
-        """The record to save now: the current (host) sums make a resume exact."""
-        self.epoch_sums, self.window_sums = on_host(sums.epoch), on_host(sums.window)
+    def to_checkpoint(self, signature: dict, epoch_sums: dict, window_sums: dict) -> dict:
+        """The record to save now: the current sums (on the host) make a resume exact."""
+        self.epoch_sums, self.window_sums = epoch_sums, window_sums
         record = {"signature": signature, **dataclasses.asdict(self)}
         # Absent rather than null, as earlier cnnjax wrote them.
         return {key: value for key, value in record.items() if value is not None}

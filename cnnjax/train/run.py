@@ -110,7 +110,6 @@ class CompiledSteps:
     train: Callable
     evaluate: Callable
     evaluate_ema: Callable | None
-    task_is_dense: bool = False
 
 
 def make_steps(
@@ -119,7 +118,6 @@ def make_steps(
     mesh=None,
     parallel_step: str = "jit",
     batch_norm: str = "sync",
-    dense_task: bool = False,
 ) -> CompiledSteps:
     """The jitted steps of `options`.
 
@@ -152,18 +150,18 @@ def make_steps(
             fn, in_shardings=shardings["in_shardings"], out_shardings=parallel.replicated(mesh)
         )
 
-    return CompiledSteps(
-        train, make_eval(False), make_eval(True) if options.ema_decay else None, dense_task
-    )
+    return CompiledSteps(train, make_eval(False), make_eval(True) if options.ema_decay else None)
 
 
-def evaluate_test(compiled: CompiledSteps, state, data: TrainingData, mesh) -> dict[str, float]:
+def evaluate_test(
+    compiled: CompiledSteps, state, data: TrainingData, mesh, *, with_mean_iou: bool
+) -> dict[str, float]:
     """Loss and accuracy (mean IoU for dense tasks; `ema_` ones for the EMA weights) over every
     example of the evaluation split."""
     sums = evaluation.evaluation_sums(compiled.evaluate, state, data.eval_batches(), mesh)
-    results = evaluation.loss_and_accuracy(sums, with_mean_iou=compiled.task_is_dense)
+    results = evaluation.loss_and_accuracy(sums, with_mean_iou=with_mean_iou)
     if compiled.evaluate_ema is not None:
         ema = evaluation.evaluation_sums(compiled.evaluate_ema, state, data.eval_batches(), mesh)
-        ema_results = evaluation.loss_and_accuracy(ema, with_mean_iou=compiled.task_is_dense)
+        ema_results = evaluation.loss_and_accuracy(ema, with_mean_iou=with_mean_iou)
         results.update({f"ema_{k}": v for k, v in ema_results.items()})
     return results

@@ -30,9 +30,11 @@ def _keys(seed: int) -> tuple[jax.Array, jax.Array]:
     return jax.random.split(jax.random.key(seed))
 
 
-def initialization_key(seed: int) -> jax.Array:
-    """The key `create_train_state` initializes the parameters of `seed` with."""
-    return _keys(seed)[0]
+def init_variables(model: nn.Module, *, input_shape: tuple[int, ...], seed: int) -> dict:
+    """The variables (params, batch_stats) `model` starts from with `seed`: those of
+    `create_train_state`."""
+    dummy = jnp.zeros((1, *input_shape), jnp.float32)
+    return jax.jit(lambda k: model.init(k, dummy, train=False))(_keys(seed)[0])
 
 
 def create_train_state(
@@ -48,9 +50,8 @@ def create_train_state(
     The initial parameters depend only on `seed` (through its `init` key); the dropout key is a
     separate purpose-named key, so changing the dropout rate does not change the initialization.
     """
-    init_key, step_key = _keys(seed)
-    dummy = jnp.zeros((1, *input_shape), jnp.float32)
-    variables = jax.jit(lambda k: model.init(k, dummy, train=False))(init_key)
+    variables = init_variables(model, input_shape=input_shape, seed=seed)
+    step_key = _keys(seed)[1]
     state = TrainState.create(
         apply_fn=model.apply,
         params=variables["params"],

@@ -15,7 +15,6 @@ import os
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 from cnnjax import parallel
@@ -33,7 +32,7 @@ from cnnjax.train.run import (
     schedule_of,
     step_options,
 )
-from cnnjax.train.state import TrainState, abstract_train_state, initialization_key
+from cnnjax.train.state import TrainState, abstract_train_state, init_variables
 
 CONFIG_FILE = "config.json"
 
@@ -109,10 +108,9 @@ class TrainedRun:
     @functools.cached_property
     def initial_params(self) -> dict:
         """The parameters the run started from (its seed's initialization)."""
-        variables = jax.jit(
-            lambda key: self.model.init(key, jnp.zeros((1, *self.input_shape)), train=False)
-        )(initialization_key(self.config.seed))
-        return variables["params"]
+        return init_variables(self.model, input_shape=self.input_shape, seed=self.config.seed)[
+            "params"
+        ]
 
 
 def _read_train_stats(workdir: str) -> TrainingSplitStats | None:
