@@ -60,7 +60,7 @@ case "$command" in
     # Worker processes (pytest-xdist), one test file each at a time: most of the suite's time
     # is XLA compiling on one core. At most 4: each worker holds a few GB. -n 0 runs serially.
     workers=${CNNJAX_TEST_WORKERS:-$(( $(nproc) < 4 ? $(nproc) : 4 ))}
-    "$VENV/bin/python" -m pytest -n "$workers" --dist loadfile "$@"
+    "$VENV/bin/python" -m pytest -n "$workers" --dist loadfile --no-loadscope-reorder "$@"
     ;;
   *)
     echo "usage: ./quickstart.sh {train|test} [args...]" >&2

@@ -28,6 +28,34 @@ fast_paths.enable_compilation_cache(os.path.join(TEST_CACHE_HOME, "cnnjax", "xla
 RECIPE = os.path.join(ROOT, "configs", "lenet5_fashion_mnist.py")
 
 
+# The files that take longest (deep nets, `cnnjax` subprocesses), longest first: started first, so
+# that the workers of `pytest -n 2 --dist loadfile` (quickstart.sh) end together rather than one
+# idling while the other runs a long file it took last. Order only: a file missing here runs
+# after these, a stale entry costs only speed.
+LONGEST_FILES_FIRST = (
+    "test_families.py",
+    "test_parallel.py",
+    "test_tasks.py",
+    "test_sweep_run.py",
+    "test_distributed_signals.py",
+    "test_fast_paths.py",
+    "test_gradcheck.py",
+    "test_inception.py",
+    "test_resume.py",
+    "test_models.py",
+    "test_run_faults.py",
+    "test_train_steps.py",
+    "test_finetune.py",
+    "test_visualize.py",
+    "test_streaming_train.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: index for index, name in enumerate(LONGEST_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: in-file order kept
+
+
 def run_cnnjax(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """Runs `cnnjax ARGS` in a subprocess with the test data directory; returns the result."""
     env = dict(os.environ, TFDS_DATA_DIR=TEST_DATA_DIR)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from model_sizes import SMALL, filled_variables
+from model_sizes import SMALL, filled_variables, jit_fast
 
 from cnnjax import models
 from cnnjax.models.dilated import CONTEXT_DILATIONS, receptive_fields
@@ -77,9 +77,6 @@ def _setup(name, **extra):
     return model, filled_variables(model, x.shape), x
 
 
-# XLA:CPU's compilation dominates these tests (seconds per train step of a deep net on 2 cores):
-# skipping its backend optimizations about halves that, and steps this small still run at once.
-jit_fast = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 # Except for UNet: at that level XLA:CPU's step computed NaN losses from the third step on (the
 # fully optimized program trains; measured with jaxlib 0.10).
 FULLY_OPTIMIZED = {"unet", "unet_small"}
@@ -121,7 +118,7 @@ def test_every_family_trains_in_the_default_run():
 
 
 def _make_step(model, tx: optax.GradientTransformation, num_classes: int, jit=jit_fast):
-    """A jitted Adam step on the training objective (`steps.training_loss`: cross-entropy plus
+    """A jitted optimizer step on the training objective (`steps.training_loss`: cross-entropy plus
     0.3 x that of any auxiliary logits), with its loss, logits, and per top-level module the
     largest |gradient|. One fixed dropout key makes the objective the same function at every
     step, so that a few steps on one batch must lower it."""
@@ -151,7 +148,8 @@ def test_forward_backward_and_a_few_steps_lower_the_loss(name):
     segmentation = get_spec(name).task == "segmentation"
     label_shape = (4, *x.shape[1:3]) if segmentation else (4,)
     labels = jax.random.randint(jax.random.key(3), label_shape, 0, model.num_classes)
-    tx = optax.adam(1e-3)
+    # Momentum SGD: Adam's per-array updates add about a fifth to the compilation of a deep net.
+    tx = optax.sgd(0.01, momentum=0.9)
     step = _make_step(
         model, tx, model.num_classes, jax.jit if name in FULLY_OPTIMIZED else jit_fast
     )
@@ -203,26 +201,39 @@ def test_every_variant_traces_a_training_forward_pass():
         ), name
 
 
+def _forward(model, variables, x, *, train: bool, dropout_key=None) -> jax.Array:
+    """The logits of one compiled forward pass (in training mode with batch statistics, and
+    with dropout where `dropout_key` is given)."""
+
+    @jit_fast
+    def forward(variables, x):
+        rngs = {"dropout": dropout_key} if dropout_key is not None else {}
+        logits, _ = model.apply(variables, x, train=train, rngs=rngs, mutable=["batch_stats"])
+        return logits
+
+    return forward(variables, x)
+
+
 @pytest.mark.parametrize(
     "name", ["cifar_convnet", "convnet1d", "unet_small", "alexnet", "resnet18", "wrn16_8"]
 )
 def test_train_and_eval_differ_only_through_dropout_or_batch_norm(name):
     model, variables, x = _setup(name, normalization="none", dropout_rate=0.0)
-    train = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(0)})
-    np.testing.assert_allclose(train, model.apply(variables, x, train=False), rtol=1e-5)
+    train = _forward(model, variables, x, train=True, dropout_key=jax.random.key(0))
+    np.testing.assert_allclose(train, _forward(model, variables, x, train=False), rtol=1e-5)
     model, variables, x = _setup(name, normalization="none", dropout_rate=0.5)
-    train = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(0)})
-    assert float(jnp.abs(train - model.apply(variables, x, train=False)).max()) > 1e-4
+    train = _forward(model, variables, x, train=True, dropout_key=jax.random.key(0))
+    assert float(jnp.abs(train - _forward(model, variables, x, train=False)).max()) > 1e-4
     model, variables, x = _setup(name, normalization="batch", dropout_rate=0.0)
-    train, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
-    assert float(jnp.abs(train - model.apply(variables, x, train=False)).max()) > 1e-4
+    train = _forward(model, variables, x, train=True)
+    assert float(jnp.abs(train - _forward(model, variables, x, train=False)).max()) > 1e-4
 
 
 @pytest.mark.parametrize("normalization", ["layer", "instance", "group"])
 @pytest.mark.parametrize("name", ["cifar_convnet", "unet_small", "c3d_small", "convnet1d"])
 def test_normalizations_and_activations_are_arguments(name, normalization):
     model, variables, x = _setup(name, normalization=normalization, activation="tanh")
-    assert bool(jnp.isfinite(model.apply(variables, x, train=False)).all())
+    assert bool(jnp.isfinite(_forward(model, variables, x, train=False)).all())
 
 
 def test_option_a_shortcut_is_parameter_free_and_pads_with_zeros():

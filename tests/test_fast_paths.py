@@ -13,7 +13,7 @@ import pytest
 
 from cnnjax import fast_paths, models
 from cnnjax.models.layers import LayerOptions, pool
-from cnnjax.train.state import create_train_state
+from cnnjax.train.state import create_train_state, init_variables
 
 FAST, PLAIN = LayerOptions(), LayerOptions().plain()
 
@@ -118,7 +118,7 @@ def test_reshape_pooling_equals_reduce_window(kind, shape):
 def test_lenet5_logits_and_gradients_equal_with_either_pooling():
     model = models.create("lenet5", normalization="batch")
     x = jax.random.normal(jax.random.PRNGKey(2), (8, 28, 28, 1))
-    variables = model.init(jax.random.PRNGKey(0), x, train=False)
+    variables = init_variables(model, input_shape=x.shape[1:], seed=0)
 
     def loss(params, model):
         logits, _ = model.apply(
@@ -212,7 +212,7 @@ def test_default_path_resnet20_gradient_matches_float64():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(32, 16, 16, 3))
     labels = jax.nn.one_hot(rng.integers(0, 10, 32), 10)
-    variables = model.init(jax.random.key(0), x[:1].astype(np.float32), train=False)
+    variables = init_variables(model, input_shape=x.shape[1:], seed=0)  # one compilation
 
     def loss(params, images):
         logits, _ = model.apply(

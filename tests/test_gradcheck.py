@@ -182,18 +182,11 @@ def test_a_layer_computing_in_float32_is_found_and_fails_the_check():
     assert "compute below float64" in result.format()
 
 
-def test_gradcheck_from_config_checks_the_recipe_at_its_initialization(data_dir):
+def test_gradcheck_from_config_refuses_an_empty_batch():
     from configs.lenet5_fashion_mnist import get_config
 
-    config = get_config()
-    config.data.data_dir = data_dir
-    config.data.train_split, config.data.eval_split = "train[:64]", "test[:64]"
-    report, passed = gradcheck_from_config(config, batch_size=2, num_directions=1)
-    assert passed, report
-    assert report.startswith("gradient check of lenet5 (62,136 parameters)")
-    assert "on 2 training examples of fashion_mnist" in report
     with pytest.raises(UserError, match="needs a batch of 1 or more"):
-        gradcheck_from_config(config, batch_size=0)
+        gradcheck_from_config(get_config(), batch_size=0)
 
 
 # A recipe that registers its own model: a net whose activation's backward pass is 1.5x too big.
@@ -264,6 +257,9 @@ def test_cli_exits_1_and_prints_the_failing_rows_for_a_wrong_gradient(tmp_path, 
 def test_cli_passes_the_default_recipe(data_dir):
     # Smaller splits only spare decoding 70,000 PNGs (a minute); model and batch are the recipe's.
     splits = ["--config.data.train_split=train[:512]", "--config.data.eval_split=test[:64]"]
-    result = run_cnnjax("gradcheck", f"--config={RECIPE}", *splits)
+    result = run_cnnjax("gradcheck", f"--config={RECIPE}", "--examples=2", *splits)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # The recipe's model as `cnnjax train` initializes it, on its training examples.
+    assert "gradient check of lenet5 (62,136 parameters) at its initialization" in result.stdout
+    assert "on 2 training examples of fashion_mnist" in result.stdout
     assert "gradient check PASSED" in result.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -30,11 +31,38 @@ def _keys(seed: int) -> tuple[jax.Array, jax.Array]:
     return jax.random.split(jax.random.key(seed))
 
 
+def _jit_once(function):
+    """`jax.jit` for code that runs once per run (initialization): on XLA:CPU with level-1
+    backend optimizations, which compile it 2-4x faster than the default level and give the
+    same bits (tests/test_train_steps.py checks that); other backends keep their defaults."""
+    if jax.default_backend() == "cpu":
+        return jax.jit(function, compiler_options={"xla_backend_optimization_level": 1})
+    return jax.jit(function)
+
+
+def _variables(model: nn.Module, input_shape: tuple[int, ...], init_key: jax.Array) -> dict:
+    return model.init(init_key, jnp.zeros((1, *input_shape), jnp.float32), train=False)
+
+
+def _state(
+    model: nn.Module, tx: optax.GradientTransformation, ema: bool, variables: dict, step_key
+) -> TrainState:
+    state = TrainState.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        batch_stats=variables.get("batch_stats", {}),
+        tx=tx,
+        key=jax.random.key_data(step_key),
+        ema_params=jax.tree.map(jnp.copy, variables["params"]) if ema else {},
+    )
+    # A Python int step would be weakly typed and make the second step compile again.
+    return state.replace(step=jnp.zeros((), jnp.int32))
+
+
 def init_variables(model: nn.Module, *, input_shape: tuple[int, ...], seed: int) -> dict:
     """The variables (params, batch_stats) `model` starts from with `seed`: those of
     `create_train_state`."""
-    dummy = jnp.zeros((1, *input_shape), jnp.float32)
-    return jax.jit(lambda k: model.init(k, dummy, train=False))(_keys(seed)[0])
+    return _jit_once(functools.partial(_variables, model, input_shape))(_keys(seed)[0])
 
 
 def create_train_state(
@@ -51,17 +79,8 @@ def create_train_state(
     separate purpose-named key, so changing the dropout rate does not change the initialization.
     """
     variables = init_variables(model, input_shape=input_shape, seed=seed)
-    step_key = _keys(seed)[1]
-    state = TrainState.create(
-        apply_fn=model.apply,
-        params=variables["params"],
-        batch_stats=variables.get("batch_stats", {}),
-        tx=tx,
-        key=jax.random.key_data(step_key),
-        ema_params=jax.tree.map(jnp.copy, variables["params"]) if ema else {},
-    )
-    # A Python int step would be weakly typed and make the second step compile again.
-    return state.replace(step=jnp.zeros((), jnp.int32))
+    # One compiled function for the optimizer's state, not one small compilation per array shape.
+    return _jit_once(functools.partial(_state, model, tx, ema))(variables, _keys(seed)[1])
 
 
 def abstract_train_state(
@@ -72,9 +91,12 @@ def abstract_train_state(
     ema: bool = False,
 ) -> TrainState:
     """Shapes and dtypes of the TrainState, without allocating it (a restore target)."""
-    return jax.eval_shape(
-        lambda: create_train_state(model, tx, input_shape=input_shape, seed=0, ema=ema)
-    )
+
+    def initial_state():
+        init_key, step_key = _keys(0)
+        return _state(model, tx, ema, _variables(model, input_shape, init_key), step_key)
+
+    return jax.eval_shape(initial_state)
 
 
 def count_params(params) -> int:
