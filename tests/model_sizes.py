@@ -16,8 +16,9 @@ from cnnjax import models
 from cnnjax.models.registry import get_spec
 
 # XLA:CPU's compilation dominates the tests that run whole nets (seconds per train step of a deep
-# net on 2 cores): without its backend optimizations and with its older loop emitters it compiles
-# such steps 2-4x faster, and steps this small still run at once.
+# net on 2 cores): without its backend optimizations it compiles such steps about twice as fast,
+# its older loop emitters save up to half of the rest (GoogLeNet's), and steps this small still
+# run at once.
 QUICK_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 jit_fast = functools.partial(jax.jit, compiler_options=QUICK_COMPILE)
 

@@ -57,29 +57,22 @@ def _final(workdir):
         return step, jax.tree.leaves(checkpointer.restore(path, target))
 
 
-def _wait_for_a_checkpoint(workdir, processes) -> None:
-    checkpoints = workdir / "checkpoints"
-    deadline = time.time() + 240
-    while not (checkpoints.is_dir() and any(n.isdigit() for n in os.listdir(checkpoints))):
-        assert time.time() < deadline and all(p.poll() is None for p in processes)
-        time.sleep(0.01)
-
-
 def test_sigterm_to_every_process_saves_one_step_and_the_rerun_is_exact(tmp_path, data_dir):
     port = 13000 + os.getpid() % 20000
-    # The uninterrupted reference trains while the run that is interrupted does (two independent
-    # runs: their own workdirs and coordinators). That one starts once the reference has saved a
-    # step: its processes then read the programs the reference compiled from the suite's
-    # compilation cache rather than compiling them too, at the same time, on the same cores.
+    # The uninterrupted reference trains at the same time as the run that is interrupted (two
+    # independent runs: their own workdirs and coordinators).
     reference = tmp_path / "reference"
     reference_processes = _start(reference, port)
-    _wait_for_a_checkpoint(reference, reference_processes)
 
     seed = time.time_ns()
     rng = random.Random(seed)
     workdir = tmp_path / "interrupted"
     processes = _start(workdir, port + 1)
-    _wait_for_a_checkpoint(workdir, processes)
+    checkpoints = workdir / "checkpoints"
+    deadline = time.time() + 240
+    while not (checkpoints.is_dir() and any(n.isdigit() for n in os.listdir(checkpoints))):
+        assert time.time() < deadline and all(p.poll() is None for p in processes)
+        time.sleep(0.01)
     time.sleep(rng.uniform(0.0, 1.0))
     for process in processes:  # each host hears of the preemption at its own moment
         process.send_signal(signal.SIGTERM)

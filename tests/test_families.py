@@ -77,8 +77,9 @@ def _setup(name, **extra):
     return model, filled_variables(model, x.shape), x
 
 
-# Except for UNet: at that level XLA:CPU's step computed NaN losses from the third step on (the
-# fully optimized program trains; measured with jaxlib 0.10).
+# Except for UNet: compiled with model_sizes.QUICK_COMPILE (level 0, with either emitter), XLA:CPU's
+# step computed NaN losses from the third step on (the fully optimized program trains; measured
+# with jaxlib 0.10).
 FULLY_OPTIMIZED = {"unet", "unet_small"}
 
 # One variant of each family, and of each block kind (ResNet's basic and bottleneck blocks),

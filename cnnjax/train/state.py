@@ -33,7 +33,7 @@ def _keys(seed: int) -> tuple[jax.Array, jax.Array]:
 
 def _jit_once(function):
     """`jax.jit` for code that runs once per run (initialization): on XLA:CPU with level-1
-    backend optimizations, which compile it 2-4x faster than the default level and give the
+    backend optimizations, which compile it 1.4-4x faster than the default level and give the
     same bits (tests/test_train_steps.py checks that); other backends keep their defaults."""
     if jax.default_backend() == "cpu":
         return jax.jit(function, compiler_options={"xla_backend_optimization_level": 1})
