@@ -37,7 +37,7 @@ LONGEST_FILES_FIRST = (
     "test_parallel.py",
     "test_tasks.py",
     "test_sweep_run.py",
-    "test_distributed_signals.py",
+    "test_distributed.py",
     "test_fast_paths.py",
     "test_gradcheck.py",
     "test_inception.py",

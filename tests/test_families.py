@@ -156,9 +156,11 @@ def test_forward_backward_and_a_few_steps_lower_the_loss(name):
     )
     opt_state = jit_fast(tx.init)(params)  # one compilation, not one per parameter shape
 
-    eval_logits = jit_fast(functools.partial(model.apply, train=False))(variables, x)
+    # Checked in numpy: an eager jnp operation compiles once per shape (GoogLeNet has some 60
+    # shapes of batch statistics).
+    eval_logits = np.asarray(jit_fast(functools.partial(model.apply, train=False))(variables, x))
     assert eval_logits.shape == (*label_shape, model.num_classes)
-    assert bool(jnp.isfinite(eval_logits).all()) and float(eval_logits.std()) > 0
+    assert np.isfinite(eval_logits).all() and eval_logits.std() > 0
     new_params, new_stats, opt_state, first = step(
         params, batch_stats, opt_state, {"image": x, "label": labels}
     )
@@ -170,8 +172,8 @@ def test_forward_backward_and_a_few_steps_lower_the_loss(name):
     heads = [module for module in params if module.startswith(("AuxClassifier", "InceptionAux"))]
     assert len(heads) == AUX_HEADS.get(name, 0)
     if batch_stats:  # batch statistics instead of running ones: training gives other logits
-        assert float(jnp.abs(first["logits"] - eval_logits).max()) > 1e-3
-        changed = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), new_stats, batch_stats)
+        assert np.abs(np.asarray(first["logits"]) - eval_logits).max() > 1e-3
+        changed = jax.tree.map(lambda a, b: np.abs(np.asarray(a) - b).max(), new_stats, batch_stats)
         assert max(jax.tree.leaves(changed)) > 0  # the running statistics were updated
     losses = [float(first["loss"])]
     for _ in range(TRAIN_STEPS):  # call k reports the loss after k updates
@@ -242,34 +244,12 @@ def test_option_a_shortcut_is_parameter_free_and_pads_with_zeros():
 
     block = BasicBlock(4, 2, "identity", "none", shortcut="zero_pad")
     x = jnp.arange(2 * 4 * 4 * 2, dtype=jnp.float32).reshape(2, 4, 4, 2)
-    variables = block.init(jax.random.key(0), x, train=False)
+    # Shapes only (the shortcut reads no parameter): an eager init compiles each random draw.
+    variables = jax.eval_shape(functools.partial(block.init, train=False), jax.random.key(0), x)
     assert set(variables["params"]) == {"ConvBlock_0", "ConvBlock_1"}  # no projection
     shortcut = block.bind(variables)._shortcut(x, False)
     np.testing.assert_array_equal(shortcut[..., :2], x[:, ::2, ::2])
     np.testing.assert_array_equal(shortcut[..., 2:], 0.0)
-
-
-def test_googlenet_variants_and_auxiliary_logits():
-    assert param_count("googlenet", paper_5x5=True) == 7_005_832
-    assert param_count("googlenet", aux_logits=True) == 13_004_888  # torchvision's, with aux
-    model = models.create("googlenet", num_classes=10, aux_logits=True)
-    x = jnp.ones((2, 32, 32, 3))
-    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
-    _, sown = jax.eval_shape(
-        lambda v: model.apply(
-            v,
-            x,
-            train=True,
-            rngs={"dropout": jax.random.key(1)},
-            mutable=["batch_stats", "intermediates"],
-        ),
-        variables,
-    )
-    assert [a.shape for a in sown["intermediates"]["aux_logits"]] == [(2, 10), (2, 10)]
-    _, sown = jax.eval_shape(
-        lambda v: model.apply(v, x, train=False, mutable=["intermediates"]), variables
-    )
-    assert "aux_logits" not in sown.get("intermediates", {})  # evaluation: main logits only
 
 
 def test_train_step_adds_the_auxiliary_loss_with_weight_0_3():
@@ -289,7 +269,9 @@ def test_train_step_adds_the_auxiliary_loss_with_weight_0_3():
 
     batch = {"image": jnp.linspace(-1, 1, 8).reshape(2, 2, 2, 1), "label": jnp.array([0, 2])}
     state = create_train_state(TinyWithAux(), optax.sgd(1.0), input_shape=(2, 2, 1), seed=0)
-    new_state, _ = train_step(state, batch, StepOptions(num_classes=3))
+    new_state, _ = jax.jit(functools.partial(train_step, options=StepOptions(num_classes=3)))(
+        state, batch
+    )
 
     def expected_loss(params):
         x = batch["image"].reshape(2, -1)
@@ -298,7 +280,7 @@ def test_train_step_adds_the_auxiliary_loss_with_weight_0_3():
         aux = cross_entropy(dense(params["aux"]), batch["label"], num_classes=3).mean()
         return main + AUX_LOSS_WEIGHT * aux
 
-    grads = jax.grad(expected_loss)(state.params)
+    grads = jax.jit(jax.grad(expected_loss))(state.params)
     for layer in ("main", "aux"):  # SGD with rate 1: new = old - grad
         np.testing.assert_allclose(
             new_state.params[layer]["kernel"],

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from model_sizes import filled_variables, jit_fast
 
 from cnnjax import models
 from cnnjax.errors import UserError
@@ -43,28 +44,31 @@ def test_reshape_pooling_equals_reduce_window(kind):
     np.testing.assert_allclose(pool(x, kind, 3, 2, layer_options=fast), reference, rtol=1e-6)
 
 
-def _init(model, shape=(2, 28, 28, 1)):
-    return model.init(jax.random.key(0), jnp.zeros(shape), train=False)
-
-
-def _count(tree):
-    return sum(leaf.size for leaf in jax.tree.leaves(tree))
-
-
 @pytest.mark.parametrize("shape", [(1, 32, 32, 1), (1, 28, 28, 1)])
 def test_lenet5_has_61706_parameters(shape):
-    assert _count(_init(models.create("lenet5"), shape)["params"]) == 61_706
+    model = models.create("lenet5")
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=False))
+    assert sum(leaf.size for leaf in jax.tree.leaves(variables["params"])) == 61_706
 
 
 def test_lenet5_initial_loss_is_near_ln10():
     from cnnjax.train.steps import cross_entropy
 
     model = models.create("lenet5")
+    # The initializers' own values, from one compiled program (op by op, every random draw of
+    # a shape compiles on its own).
+    variables = jit_fast(
+        lambda: model.init(jax.random.key(0), jnp.zeros((2, 28, 28, 1)), train=False)
+    )()
     images = jax.random.normal(jax.random.key(1), (256, 28, 28, 1))
     labels = jax.random.randint(jax.random.key(2), (256,), 0, 10)
-    logits = model.apply(_init(model), images, train=False)
-    loss = cross_entropy(logits, labels, num_classes=10).mean()
-    assert abs(float(loss) - math.log(10)) < 0.1
+
+    @jit_fast
+    def initial_loss(variables, images, labels):
+        logits = model.apply(variables, images, train=False)
+        return cross_entropy(logits, labels, num_classes=10).mean()
+
+    assert abs(float(initial_loss(variables, images, labels)) - math.log(10)) < 0.1
 
 
 @pytest.mark.parametrize("normalization", ["none", "batch", "layer", "instance", "group"])
@@ -73,7 +77,7 @@ def test_lenet5_switches_give_finite_logits(normalization, activation):
     model = models.create(
         "lenet5", normalization=normalization, activation=activation, pooling="average"
     )
-    variables = _init(model)
+    variables = filled_variables(model, (2, 28, 28, 1))
     x = jax.random.normal(jax.random.key(0), (2, 28, 28, 1))
     logits, _ = model.apply(
         variables, x, train=True, rngs={"dropout": jax.random.key(1)}, mutable=["batch_stats"]
@@ -84,7 +88,7 @@ def test_lenet5_switches_give_finite_logits(normalization, activation):
 
 def test_dropout_acts_only_in_training():
     model = models.create("lenet5", dropout_rate=0.5)
-    variables = _init(model)
+    variables = filled_variables(model, (4, 28, 28, 1))
     x = jax.random.normal(jax.random.key(0), (4, 28, 28, 1))
     eval_a = model.apply(variables, x, train=False)
     eval_b = model.apply(variables, x, train=False)
@@ -113,9 +117,9 @@ def test_group_norm_gradient_stays_float32_accurate_for_offset_inputs(kind):
     def loss(inputs):
         return (layer.apply(variables, inputs, train=True) * target.astype(inputs.dtype)).sum()
 
-    gradient = np.asarray(jax.grad(loss)(x.astype(np.float32)))
+    gradient = np.asarray(jax.jit(jax.grad(loss))(x.astype(np.float32)))
     with jax.enable_x64(True):
-        reference = np.asarray(jax.grad(loss)(x))
+        reference = np.asarray(jax.jit(jax.grad(loss))(x))
     assert np.abs(gradient - reference).max() < 1e-4 * np.abs(reference).max()
 
 

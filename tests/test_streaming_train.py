@@ -32,7 +32,10 @@ def test_resnet_trains_and_evaluates_on_an_image_folder(tmp_path):
         f"{RECIPE}:dataset=imagefolder,smoke",
         {
             "data.image_folder": str(tmp_path / "images"),
-            "model.name": "resnet18",
+            # The input is under test, not the net: ResNet-20 compiles faster than ResNet-18
+            # (this test took 14.5 s of CPU instead of 18.4 on 2 cores); the ImageNet ResNets
+            # train in tests/test_families.py.
+            "model.name": "resnet20",
             "train.steps": 4,
             # 32x32 crops, not the smoke variant's 64x64: the same decoding and resizing of
             # every image, a quarter of the convolutions.
@@ -44,7 +47,7 @@ def test_resnet_trains_and_evaluates_on_an_image_folder(tmp_path):
     assert results == outcome.results
     assert (results["steps"], results["model"], results["dataset"]) == (
         4,
-        "resnet18",
+        "resnet20",
         "imagefolder",
     )
     assert results["epochs"] == 2.0  # 16 training images, batch 8

@@ -1,0 +1,159 @@
+"""Two processes of one `--distributed` run on 127.0.0.1 (gloo): they train as one process does,
+and SIGTERM to each of them (as SLURM or a TPU preemption sends it, to each host at its own
+moment) makes all of them save the same step, after which the rerun ends exactly where the
+uninterrupted run does. Both tests compare with one uninterrupted two-process run."""
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from conftest import RECIPE, start_distributed
+
+from cnnjax import load_config, load_trained_run, train_and_evaluate
+
+# 60 steps (3 epochs) of momentum SGD, checkpoints every 7 steps and per epoch, each evaluating
+# 200 test examples (the evaluation is not what these tests are about). SGD, not the recipe's
+# Adam: the biases of the dense layers that feed batch norm get only float noise as gradient
+# (batch norm removes them), which Adam scales up to full steps. At this rate two processes end
+# within 4e-6 of one process after the 60 steps (0.002 at rate 0.05: float noise grows with it).
+OVERRIDES = {
+    "train.epochs": 3,
+    "optimizer.name": "momentum",
+    "optimizer.learning_rate": 0.01,
+    "data.eval_split": "test[:200]",
+}
+COMMON = (f"--config={RECIPE}:smoke", *(f"--config.{k}={v}" for k, v in OVERRIDES.items()))
+VOLATILE = {"wall_seconds", "train_images_per_sec", "compile_seconds", "resumed_from_step"}
+
+
+def _start(workdir, port: int) -> list[subprocess.Popen]:
+    return start_distributed(
+        [*COMMON, f"--workdir={workdir}"],
+        port,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _finish(processes) -> list[str]:
+    return [p.communicate(timeout=300)[0] for p in processes]
+
+
+class _Uninterrupted:
+    """The uninterrupted two-process run, started when made; `finish()` waits for it once and
+    returns its two outputs."""
+
+    def __init__(self, workdir, port: int):
+        self.workdir = workdir
+        self.processes = _start(workdir, port)
+        self._outputs = None
+
+    def finish(self) -> list[str]:
+        if self._outputs is None:
+            self._outputs = _finish(self.processes)
+        codes = [p.returncode for p in self.processes]
+        assert codes == [0, 0], self._outputs[0][-2000:] + self._outputs[1][-2000:]
+        return self._outputs
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, data_dir):
+    workdir = tmp_path_factory.mktemp("distributed") / "run"
+    run = _Uninterrupted(workdir, 13000 + os.getpid() % 20000)
+    yield run
+    for process in run.processes:  # a test that failed early leaves no process behind
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _flat_state(state) -> dict:
+    leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(state))[0]
+    return {jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves}
+
+
+def test_two_processes_train_like_one(tmp_path, data_dir, uninterrupted):
+    """Each process feeds half of every global batch; together they end with the parameters of
+    one process training on the same global batches."""
+    # The one-process run, here, while the two processes train.
+    config = load_config(f"{RECIPE}:smoke", {**OVERRIDES, "data.data_dir": data_dir})
+    single = train_and_evaluate(config, str(tmp_path / "single"))
+    outputs = uninterrupted.finish()
+    assert "test accuracy" in outputs[0] and "test accuracy" not in outputs[1]
+    results = json.loads((uninterrupted.workdir / "results.json").read_text())
+    assert (results["num_processes"], results["num_devices"]) == (2, 2)
+    multi = load_trained_run(str(uninterrupted.workdir), "latest")
+    assert multi.step == 60
+    expected, got = _flat_state(single.state.params), _flat_state(multi.state.params)
+    assert len(expected) == 16 and got.keys() == expected.keys()
+    for key, value in expected.items():
+        np.testing.assert_allclose(got[key], value, atol=2e-5, err_msg=key)
+    assert results["train_loss"] == pytest.approx(single.results["train_loss"], abs=1e-5)
+
+
+def _final(workdir):
+    """The latest step and its state's arrays, read onto this process's one device."""
+    folder = os.path.join(workdir, "checkpoints")
+    step = max(int(name) for name in os.listdir(folder) if name.isdigit())
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    with ocp.StandardCheckpointer() as checkpointer:
+        path = os.path.join(folder, str(step), "state")
+        metadata = checkpointer.metadata(path).item_metadata
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata
+        )
+        return step, jax.tree.leaves(checkpointer.restore(path, target))
+
+
+def test_sigterm_to_every_process_saves_one_step_and_the_rerun_is_exact(
+    tmp_path, data_dir, uninterrupted
+):
+    port = 13000 + (os.getpid() + 1) % 20000
+    seed = time.time_ns()
+    rng = random.Random(seed)
+    workdir = tmp_path / "interrupted"
+    processes = _start(workdir, port)
+    checkpoints = workdir / "checkpoints"
+    deadline = time.time() + 240
+    while not (checkpoints.is_dir() and any(n.isdigit() for n in os.listdir(checkpoints))):
+        assert time.time() < deadline and all(p.poll() is None for p in processes)
+        time.sleep(0.01)
+    time.sleep(rng.uniform(0.0, 1.0))
+    for process in processes:  # each host hears of the preemption at its own moment
+        process.send_signal(signal.SIGTERM)
+        time.sleep(rng.uniform(0.0, 0.3))
+    outputs = _finish(processes)
+    context = f"seed {seed}:\n{outputs[0][-2000:]}\n---\n{outputs[1][-2000:]}"
+    assert [p.returncode for p in processes] == [143, 143], context
+    saved = []
+    for output in outputs:
+        assert "Traceback" not in output, context
+        match = re.search(r"cnnjax train: interrupted by SIGTERM at step (\d+) of 60", output)
+        assert match, context
+        saved.append(int(match.group(1)))
+    assert saved[0] == saved[1], context  # the processes agreed on the step
+    assert _final(workdir)[0] == saved[0], context
+    assert not (workdir / "results.json").exists()
+
+    processes = _start(workdir, port + 1)
+    outputs = _finish(processes)
+    assert [p.returncode for p in processes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    uninterrupted.finish()
+    expected = json.loads((uninterrupted.workdir / "results.json").read_text())
+    actual = json.loads((workdir / "results.json").read_text())
+    assert actual["resumed_from_step"] == saved[0]
+    for key in set(expected) - VOLATILE - {"git_revision", "host"}:
+        assert actual[key] == expected[key], key
+    (step_a, leaves_a), (step_b, leaves_b) = _final(uninterrupted.workdir), _final(workdir)
+    assert step_a == step_b == 60
+    for a, b in zip(leaves_a, leaves_b, strict=True):
+        np.testing.assert_array_equal(a, b)  # bitwise
