@@ -56,6 +56,31 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: in-file order kept
 
 
+# The files whose tests use the session's `smoke_training` (tests/test_repository.py checks the
+# list). A session fixture is one per process: `--dist loadfile` (quickstart.sh) hands these
+# files to one worker together, so that the smoke run trains once per suite, not once per worker.
+SMOKE_TRAINING_FILES = (
+    "test_cli.py",
+    "test_evaluation.py",
+    "test_python_api.py",
+    "test_run_faults.py",
+    "test_visualize.py",
+)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadfile":
+        return None  # xdist's own scheduler of that mode
+    from xdist.scheduler import LoadFileScheduling
+
+    class SmokeTrainingFilesTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = super()._split_scope(nodeid)
+            return "smoke_training" if os.path.basename(path) in SMOKE_TRAINING_FILES else path
+
+    return SmokeTrainingFilesTogether(config, log)
+
+
 def run_cnnjax(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """Runs `cnnjax ARGS` in a subprocess with the test data directory; returns the result."""
     env = dict(os.environ, TFDS_DATA_DIR=TEST_DATA_DIR)

@@ -90,7 +90,8 @@ def test_conv_block_takes_the_block_form_only_with_block_convolutions_on():
     convolution."""
     model = models.create("lenet5")
     x = jnp.zeros((2, 28, 28, 1), jnp.float32)
-    variables = model.init(jax.random.key(0), x, train=False)
+    # Shapes suffice for a jaxpr (an eager init compiles every random draw).
+    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
 
     def traced(block_convolutions: bool) -> str:
         options = LayerOptions(block_convolutions=block_convolutions)

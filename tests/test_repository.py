@@ -136,3 +136,15 @@ def test_the_suite_keeps_its_caches_in_the_checkout():
         os.path.join(cache_home, "cnnjax", "xla"),
     )
     assert matplotlib.get_cachedir().startswith(cache_home + os.sep)
+
+
+def test_the_files_using_the_smoke_run_are_scheduled_together(request):
+    """Every test that uses the session's smoke run is in a file of SMOKE_TRAINING_FILES, which
+    the suite's `--dist loadfile` hands to one worker together: a test elsewhere would make a
+    second worker train the run again."""
+    from conftest import SMOKE_TRAINING_FILES
+
+    users = {
+        item.path.name for item in request.session.items if "smoke_training" in item.fixturenames
+    }
+    assert users and users <= set(SMOKE_TRAINING_FILES), sorted(users - set(SMOKE_TRAINING_FILES))
