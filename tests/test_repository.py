@@ -147,4 +147,5 @@ def test_the_files_using_the_smoke_run_are_scheduled_together(request):
     users = {
         item.path.name for item in request.session.items if "smoke_training" in item.fixturenames
     }
-    assert users and users <= set(SMOKE_TRAINING_FILES), sorted(users - set(SMOKE_TRAINING_FILES))
+    assert users <= set(SMOKE_TRAINING_FILES), sorted(users - set(SMOKE_TRAINING_FILES))
+    assert all(os.path.exists(os.path.join(ROOT, "tests", name)) for name in SMOKE_TRAINING_FILES)
