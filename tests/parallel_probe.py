@@ -37,6 +37,7 @@ import traceback  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
+from model_sizes import QUICK_COMPILE  # noqa: E402
 
 from cnnjax import load_config, models, parallel, train_and_evaluate  # noqa: E402
 from cnnjax.errors import UserError  # noqa: E402
@@ -81,6 +82,8 @@ def train(initial, mesh, path: str, batch_norm: str = "sync"):
     model = _model(parallel.DATA_AXIS if synced else None)
     state = parallel.replicate(jax.tree.map(np.array, initial.replace(apply_fn=model.apply)), mesh)
     options = steps.StepOptions(num_classes=10)
+    # Compiled with QUICK_COMPILE, all four alike: they are compared with each other, and XLA:CPU
+    # compiles them about twice as fast.
     if path == "jit":
         shardings = (parallel.replicated(mesh), parallel.batch_sharding(mesh))
         fn = jax.jit(
@@ -88,11 +91,13 @@ def train(initial, mesh, path: str, batch_norm: str = "sync"):
             in_shardings=shardings,
             out_shardings=(shardings[0], shardings[0]),
             donate_argnums=0,
+            compiler_options=QUICK_COMPILE,
         )
     else:
         fn = jax.jit(
             make_shard_map_train_step(mesh, options=options, batch_norm=batch_norm),
             donate_argnums=0,
+            compiler_options=QUICK_COMPILE,
         )
     rng = np.random.default_rng(0)
     losses = []

@@ -19,17 +19,21 @@ from conftest import RECIPE, start_distributed
 
 from cnnjax import load_config, load_trained_run, train_and_evaluate
 
-# 60 steps (3 epochs) of momentum SGD, checkpoints every 7 steps and per epoch, each evaluating
-# 200 test examples (the evaluation is not what these tests are about). SGD, not the recipe's
-# Adam: the biases of the dense layers that feed batch norm get only float noise as gradient
-# (batch norm removes them), which Adam scales up to full steps. At this rate two processes end
-# within 4e-6 of one process after the 60 steps (0.002 at rate 0.05: float noise grows with it).
+# 30 steps (3 epochs of 10) of momentum SGD, checkpoints every 7 steps and per epoch, each
+# evaluating 200 test examples (the evaluation is not what these tests are about). SGD, not the
+# recipe's Adam: the biases of the dense layers that feed batch norm get only float noise as
+# gradient (batch norm removes them), which Adam scales up to full steps. Two processes sum each
+# gradient in another order than one: after these 30 steps their weights differed from one
+# process's by up to 7.4e-6 (2.2e-5 at rate 0.01), where a gradient twice or half as large
+# (rate 0.004 or 0.001) moved them by 0.025 or 0.013.
 OVERRIDES = {
+    "data.train_split": "train[:1280]",
     "train.epochs": 3,
     "optimizer.name": "momentum",
-    "optimizer.learning_rate": 0.01,
+    "optimizer.learning_rate": 0.002,
     "data.eval_split": "test[:200]",
 }
+STEPS = 30  # 1,280 examples in batches of 128, 3 epochs
 COMMON = (f"--config={RECIPE}:smoke", *(f"--config.{k}={v}" for k, v in OVERRIDES.items()))
 VOLATILE = {"wall_seconds", "train_images_per_sec", "compile_seconds", "resumed_from_step"}
 
@@ -92,11 +96,11 @@ def test_two_processes_train_like_one(tmp_path, data_dir, uninterrupted):
     results = json.loads((uninterrupted.workdir / "results.json").read_text())
     assert (results["num_processes"], results["num_devices"]) == (2, 2)
     multi = load_trained_run(str(uninterrupted.workdir), "latest")
-    assert multi.step == 60
+    assert multi.step == STEPS
     expected, got = _flat_state(single.state.params), _flat_state(multi.state.params)
     assert len(expected) == 16 and got.keys() == expected.keys()
     for key, value in expected.items():
-        np.testing.assert_allclose(got[key], value, atol=2e-5, err_msg=key)
+        np.testing.assert_allclose(got[key], value, atol=1e-4, err_msg=key)
     assert results["train_loss"] == pytest.approx(single.results["train_loss"], abs=1e-5)
 
 
@@ -127,17 +131,17 @@ def test_sigterm_to_every_process_saves_one_step_and_the_rerun_is_exact(
     while not (checkpoints.is_dir() and any(n.isdigit() for n in os.listdir(checkpoints))):
         assert time.time() < deadline and all(p.poll() is None for p in processes)
         time.sleep(0.01)
-    time.sleep(rng.uniform(0.0, 1.0))
+    time.sleep(rng.uniform(0.0, 0.5))
     for process in processes:  # each host hears of the preemption at its own moment
         process.send_signal(signal.SIGTERM)
-        time.sleep(rng.uniform(0.0, 0.3))
+        time.sleep(rng.uniform(0.0, 0.15))
     outputs = _finish(processes)
     context = f"seed {seed}:\n{outputs[0][-2000:]}\n---\n{outputs[1][-2000:]}"
     assert [p.returncode for p in processes] == [143, 143], context
     saved = []
     for output in outputs:
         assert "Traceback" not in output, context
-        match = re.search(r"cnnjax train: interrupted by SIGTERM at step (\d+) of 60", output)
+        match = re.search(rf"cnnjax train: interrupted by SIGTERM at step (\d+) of {STEPS}", output)
         assert match, context
         saved.append(int(match.group(1)))
     assert saved[0] == saved[1], context  # the processes agreed on the step
@@ -154,6 +158,6 @@ def test_sigterm_to_every_process_saves_one_step_and_the_rerun_is_exact(
     for key in set(expected) - VOLATILE - {"git_revision", "host"}:
         assert actual[key] == expected[key], key
     (step_a, leaves_a), (step_b, leaves_b) = _final(uninterrupted.workdir), _final(workdir)
-    assert step_a == step_b == 60
+    assert step_a == step_b == STEPS
     for a, b in zip(leaves_a, leaves_b, strict=True):
         np.testing.assert_array_equal(a, b)  # bitwise
