@@ -82,12 +82,13 @@ def _setup(name, **extra):
 # with jaxlib 0.10).
 FULLY_OPTIMIZED = {"unet", "unet_small"}
 
-# One variant of each family, and of each block kind (ResNet's basic and bottleneck blocks),
-# takes real training steps in the default run; GoogLeNet and Inception v3 with their auxiliary
-# heads. The other variants repeat the same blocks deeper or wider (VGG-16 is VGG-11 with more
-# layers, ResNet-152 is ResNet-50 with more blocks), compile for 10-60 s each, and train with
-# `-m slow`; the published counts or `test_every_variant_traces_a_training_forward_pass` still
-# trace each of them in the default run.
+# One variant of each family takes real training steps in the default run; GoogLeNet and
+# Inception v3 with their auxiliary heads. ResNet-20 trains the basic block (ResNet-18's, with
+# its option-A shortcut), ResNet-50 the bottleneck, the stem and the projection shortcuts. The
+# other variants repeat the same blocks deeper or wider (VGG-16 is VGG-11 with more layers,
+# ResNet-152 is ResNet-50 with more blocks), compile for 4-60 s each, and train with `-m slow`;
+# the published counts or `test_every_variant_traces_a_training_forward_pass` still trace each
+# of them in the default run.
 TRAINED = {
     "alexnet": {},
     "c3d_small": {},
@@ -98,7 +99,6 @@ TRAINED = {
     "googlenet": {"aux_logits": True},
     "inception_v3": {"aux_logits": True},
     "lenet5": {},
-    "resnet18": {},
     "resnet20": {},
     "resnet50": {},
     "unet_small": {},
