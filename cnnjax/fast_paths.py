@@ -40,7 +40,9 @@ YNN_FLAG = (
 # jaxlib releases whose XLA knows the flag (checked by tests/test_fast_paths.py): an XLA that
 # does not know a flag aborts the process, so newer releases run without it until tested.
 _FLAG_TESTED_JAXLIB = ("0.10.",)
-_COMPILATION_CACHE_MIN_SECONDS = 0.5  # smaller programs compile faster than a disk read pays
+# Every program: reading one back takes milliseconds, and the small ones (evaluation, state
+# assembly, host transfers) add up to a second of compiling at each start of `cnnjax train`.
+_COMPILATION_CACHE_MIN_SECONDS = 0.0
 
 
 def _is_off(value: str) -> bool:

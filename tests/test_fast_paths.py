@@ -232,11 +232,9 @@ def test_compilation_cache_is_written_and_unwritable_folders_only_warn(tmp_path,
     cache = tmp_path / "cache"
     script = (
         "import jax, jax.numpy as jnp\n"
-        "from cnnjax import fast_paths, models\n"
+        "from cnnjax import fast_paths\n"
         f"assert fast_paths.enable_compilation_cache({str(cache)!r})\n"
-        "model = models.create('lenet5')\n"  # its init compiles for seconds: above the minimum
-        "x = jnp.ones((2, 28, 28, 1))\n"
-        "jax.jit(lambda x: model.init(jax.random.PRNGKey(0), x, train=False))(x)\n"
+        "jax.jit(lambda x: jnp.tanh(x) + 1)(jnp.ones(3))\n"  # kept however fast it compiles
     )
     env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_COMPILATION_CACHE"}
     subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, env=env)
