@@ -57,8 +57,8 @@ case "$command" in
   test)
     setup_venv
     setup_dataset
-    # Worker processes (pytest-xdist), one test file each at a time: most of the suite's time
-    # is XLA compiling on one core. At most 4: each worker holds a few GB. -n 0 runs serially.
+    # Worker processes (pytest-xdist), one test file each at a time (the files sharing the smoke
+    # run together: tests/conftest.py): most of the suite's time is XLA compiling on one core. At most 4: each worker holds a few GB. -n 0 runs serially.
     workers=${CNNJAX_TEST_WORKERS:-$(( $(nproc) < 4 ? $(nproc) : 4 ))}
     "$VENV/bin/python" -m pytest -n "$workers" --dist loadfile --no-loadscope-reorder "$@"
     ;;

@@ -16,6 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from conftest import RECIPE, start_distributed
+from test_parallel import _flat_state
 
 from cnnjax import load_config, load_trained_run, train_and_evaluate
 
@@ -78,11 +79,6 @@ def uninterrupted(tmp_path_factory, data_dir):
         if process.poll() is None:
             process.kill()
             process.wait()
-
-
-def _flat_state(state) -> dict:
-    leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(state))[0]
-    return {jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves}
 
 
 def test_two_processes_train_like_one(tmp_path, data_dir, uninterrupted):

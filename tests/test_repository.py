@@ -149,3 +149,18 @@ def test_the_files_using_the_smoke_run_are_scheduled_together(request):
     }
     assert users <= set(SMOKE_TRAINING_FILES), sorted(users - set(SMOKE_TRAINING_FILES))
     assert all(os.path.exists(os.path.join(ROOT, "tests", name)) for name in SMOKE_TRAINING_FILES)
+
+
+def test_the_suite_scheduler_groups_the_smoke_run_files_and_keeps_other_files_apart(
+    request, monkeypatch
+):
+    from conftest import SMOKE_TRAINING_FILES, pytest_xdist_make_scheduler
+
+    monkeypatch.setattr(request.config.option, "dist", "loadfile")
+    monkeypatch.setattr(request.config.option, "tx", ["2*popen"])  # what `-n 2` sets
+    scheduler = pytest_xdist_make_scheduler(request.config, None)
+    scopes = {scheduler._split_scope(f"tests/{name}::test_a") for name in SMOKE_TRAINING_FILES}
+    assert len(scopes) == 1  # one unit of work: one worker, one smoke run
+    assert scheduler._split_scope("tests/test_models.py::test_a[x]") == "tests/test_models.py"
+    monkeypatch.setattr(request.config.option, "dist", "load")
+    assert pytest_xdist_make_scheduler(request.config, None) is None  # xdist's own
