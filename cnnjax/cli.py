@@ -3,7 +3,7 @@
     cnnjax train --config=configs/lenet5_fashion_mnist.py --workdir=runs/lenet5 \\
         [--config.optimizer.learning_rate=0.002] [--config=configs/x.py:smoke]
     cnnjax sweep --config=experiments/relu_vs_tanh/config.py --workdir=runs/relu_vs_tanh \\
-        [--workers=2] [--dry_run] [--launcher=slurm --slurm_partition=gpu ...]
+        [--workers=2] [--share_devices] [--dry_run] [--launcher=slurm --slurm_partition=gpu ...]
     cnnjax report runs/relu_vs_tanh
     cnnjax eval --workdir=runs/lenet5 [--checkpoint=best|latest|STEP] [--split=test]
     cnnjax visualize --workdir=runs/lenet5 [--checkpoint=...] [--layers=A,B] [--images=0,1,2]
@@ -51,7 +51,16 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     "config_history/); without it such a resume is refused.",
 )
 _WORKERS = flags.DEFINE_integer(
-    "workers", 1, "sweep: runs at once on this machine, each pinned to its share of the cores."
+    "workers",
+    1,
+    "sweep: runs at once on this machine, each pinned to its share of the cores and of the GPUs "
+    "or TPU chips.",
+)
+_SHARE_DEVICES = flags.DEFINE_bool(
+    "share_devices",
+    False,
+    "sweep: allow more --workers than GPUs; they share them round-robin, each with an equal part "
+    "of a GPU's memory (without it, each worker gets its own GPUs or TPU chips).",
 )
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "sweep: print what would run and start nothing.")
 _LAUNCHER = flags.DEFINE_enum("launcher", "local", ["local", "slurm"], "sweep: where runs go.")
@@ -195,6 +204,7 @@ def _sweep(argv: list[str]) -> None:
             launcher=_LAUNCHER.value,
             dry_run=_DRY_RUN.value,
             slurm_options=slurm_options,
+            share_devices=_SHARE_DEVICES.value,
         )
     )
 

@@ -32,6 +32,8 @@ import importlib.metadata
 import os
 import sys
 
+from cnnjax.parallel import accelerators
+
 ENV_VARIABLE = "CNNJAX_FAST_PATHS"
 YNN_ENV_VARIABLE = "CNNJAX_YNN"  # 0: leave XLA's own choice of what YNNPACK computes
 YNN_FLAG = (
@@ -78,7 +80,8 @@ def enable() -> bool:
     conftest, the benchmarks), so that every process of a comparison computes alike. Does nothing
     when CNNJAX_YNN=0, when CNNJAX_FAST_PATHS=0, when the user already chose a
     `xla_cpu_experimental_ynn_fusion_type`, for untested jaxlib versions, or once the backend
-    has started (too late for flags to take effect).
+    has started (too late for flags to take effect), or when the process will compute on a GPU or
+    TPU (an accelerator with its JAX plugin installed, unless JAX_PLATFORMS asks for the CPU).
     """
     flags = os.environ.get("XLA_FLAGS", "")
     if YNN_FLAG in flags.split():
@@ -89,6 +92,7 @@ def enable() -> bool:
         or "xla_cpu_experimental_ynn_fusion_type" in flags
         or not _jaxlib_version().startswith(_FLAG_TESTED_JAXLIB)
         or _backend_started()
+        or not accelerators.runs_on_cpu_only()
     ):
         return False
     os.environ["XLA_FLAGS"] = f"{flags} {YNN_FLAG}".strip()

@@ -1,5 +1,6 @@
 """Models: the course's hand-computed convolution, LeNet-5's size, the registry's errors."""
 
+import functools
 import math
 import os
 
@@ -246,3 +247,34 @@ def test_models_read_no_hidden_switches():
                 text = f.read()
             assert "contextvars" not in text and "os.environ" not in text, filename
             assert "getenv" not in text, filename
+
+
+@pytest.mark.parametrize("normalization", ["batch", "group"])
+def test_zero_init_residual_starts_every_block_as_the_identity(normalization):
+    from cnnjax.models.resnet import Bottleneck
+
+    block = Bottleneck(4, 1, "relu", normalization, zero_init_residual=True)
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 16))
+    variables = jax.jit(block.init, static_argnames="train")(jax.random.key(1), x, train=False)
+    scales = {
+        name: float(np.abs(leaf).max())
+        for name, leaf in jax.tree_util.tree_flatten_with_path(variables["params"])[0]
+        if "scale" in jax.tree_util.keystr(name)
+    }
+    assert sorted(scales.values()) == [0.0, 1.0, 1.0]  # only the third (last) normalization
+    np.testing.assert_array_equal(block.apply(variables, x, train=False), jax.nn.relu(x))
+
+
+def test_zero_init_residual_is_in_the_resnet50_recipe_and_keeps_the_parameter_count():
+    from cnnjax.config_loader import load_config
+
+    config = load_config("configs/resnet50_imagenet.py")
+    assert config.model.options.zero_init_residual is True
+    counts = []
+    for zero in (False, True):
+        model = models.create("resnet50", zero_init_residual=zero)
+        shapes = jax.eval_shape(
+            functools.partial(model.init, train=False), jax.random.key(0), jnp.zeros((1, 64, 64, 3))
+        )
+        counts.append(sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes["params"])))
+    assert counts == [25_557_032, 25_557_032]

@@ -74,7 +74,8 @@ def test_checkpoint_saved_on_eight_devices_restores_on_one_and_four(eight_device
     assert info["devices_per_leaf"] == {"8": [8], "4": [4]}  # replicated on the new mesh
     workdir = eight_devices["workdir"]
     states = {n: dict(np.load(workdir / f"state{n}.npz")) for n in (8, 4)}
-    states[1] = _flat_state(load_trained_run(str(workdir / "run"), "latest").state)
+    on_one = load_trained_run(str(workdir / "run"), "latest")
+    states[1] = _flat_state(on_one.state)
     assert int(states[8][".step"]) == 9
     assert len(states[8]) > 20  # params, batch stats, optimizer state, EMA, key
     assert any(key.startswith(".ema_params") for key in states[8])
@@ -82,6 +83,12 @@ def test_checkpoint_saved_on_eight_devices_restores_on_one_and_four(eight_device
         assert states[devices].keys() == states[8].keys()
         for key, value in states[8].items():
             np.testing.assert_array_equal(states[devices][key], value, err_msg=key)
+    # Evaluated in batches of 100 padded to 104 rows on 8 devices, and unpadded on one.
+    metrics = on_one.evaluate()
+    assert metrics["count"] == 256
+    accuracy, loss = info["test"]
+    assert metrics["top_1_accuracy"] == accuracy
+    assert metrics["loss"] == pytest.approx(loss, rel=1e-5)
 
 
 def test_batch_not_divisible_by_devices_is_one_line(eight_devices):

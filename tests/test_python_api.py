@@ -20,6 +20,9 @@ def test_readme_python_training_returns_the_state_and_evaluates_alike(smoke_trai
 
     trained = cnnjax.load_trained_run(smoke_training.workdir, "latest")
     assert trained.input.train_split is None  # the training split was not loaded
+    # config.json holds the choice the backend made (None, "on the CPU only", by default).
+    assert trained.config.model.fast_paths is True
+    assert trained.model.layer_options.block_convolutions
     for saved, returned in zip(
         jax.tree.leaves(trained.state), jax.tree.leaves(outcome.state), strict=True
     ):

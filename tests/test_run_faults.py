@@ -190,6 +190,8 @@ def test_a_full_disk_is_one_line_and_the_files_written_before_stay_whole(tmp_pat
     with tmpfs(tmp_path / "disk", "400k") as disk:  # room for the logs, not for a checkpoint
         workdir = disk / "run"
         result = run_cnnjax("train", f"--config={RECIPE}:smoke", f"--workdir={workdir}")
+        # Every run names its devices first (this test's run is one of the few in a process).
+        assert result.stdout.splitlines()[0] == "devices: cpu, 1 x cpu, 1 process"
         assert result.returncode == 2
         assert _error_line(result.stderr) == (
             f"cnnjax train: error: cannot write checkpoint 7 to {workdir}/checkpoints (no space "

@@ -107,12 +107,16 @@ class Normalization(nn.Module):
     kind: str = "none"
     num_groups: int = 32
     layer_options: LayerOptions = LayerOptions()
+    zero_scale: bool = False  # start the scale at 0 (the last of a residual branch: Goyal et al.)
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         check_choice("normalization", self.kind, NORMALIZATIONS)
         if self.kind == "none":
             return x
+        scale_init = (
+            nn.initializers.zeros_init() if self.zero_scale else nn.initializers.ones_init()
+        )
         if self.kind == "batch":
             train = train and not self.layer_options.frozen_batch_norm
             return nn.BatchNorm(
@@ -120,16 +124,19 @@ class Normalization(nn.Module):
                 momentum=0.9,
                 epsilon=1e-5,
                 axis_name=self.layer_options.batch_norm_axis if train else None,
+                scale_init=scale_init,
             )(x)
         if self.kind == "layer":
-            return nn.LayerNorm(epsilon=1e-5)(x)
+            return nn.LayerNorm(epsilon=1e-5, scale_init=scale_init)(x)
         channels = x.shape[-1]
         if self.kind == "instance":
             if x.ndim == 2:
                 return x
-            return nn.GroupNorm(num_groups=None, group_size=1, **_GROUP_NORM_OPTIONS)(x)
+            return nn.GroupNorm(
+                num_groups=None, group_size=1, scale_init=scale_init, **_GROUP_NORM_OPTIONS
+            )(x)
         groups = max(g for g in range(1, min(self.num_groups, channels) + 1) if channels % g == 0)
-        return nn.GroupNorm(num_groups=groups, **_GROUP_NORM_OPTIONS)(x)
+        return nn.GroupNorm(num_groups=groups, scale_init=scale_init, **_GROUP_NORM_OPTIONS)(x)
 
 
 def pool(
@@ -171,6 +178,7 @@ class ConvBlock(nn.Module):
     normalization: str = "none"
     dilation: int = 1
     layer_options: LayerOptions = LayerOptions()
+    zero_norm_scale: bool = False  # the normalization's scale starts at 0 (Normalization)
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -190,7 +198,9 @@ class ConvBlock(nn.Module):
                 conv_lowering.convolution if self.layer_options.block_convolutions else None
             ),
         )(x)
-        x = Normalization(self.normalization, layer_options=self.layer_options)(x, train=train)
+        x = Normalization(
+            self.normalization, layer_options=self.layer_options, zero_scale=self.zero_norm_scale
+        )(x, train=train)
         return get_activation(self.activation)(x)
 
 

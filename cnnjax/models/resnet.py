@@ -32,9 +32,20 @@ class BasicBlock(nn.Module):
     normalization: str
     shortcut: str = "projection"  # "projection" (1x1 conv) or "zero_pad" (option A)
     layer_options: LayerOptions = LayerOptions()
+    # The branch's last normalization starts with scale 0, so that each block starts as the
+    # identity (Goyal et al. 2017; the Flax ImageNet example, torchvision's zero_init_residual).
+    zero_init_residual: bool = False
     expansion = 1
 
-    def _conv(self, features: int, kernel: int, strides: int, padding: int, activation: str):
+    def _conv(
+        self,
+        features: int,
+        kernel: int,
+        strides: int,
+        padding: int,
+        activation: str,
+        last: bool = False,
+    ):
         return ConvBlock(
             features,
             kernel,
@@ -43,12 +54,13 @@ class BasicBlock(nn.Module):
             activation,
             self.normalization,
             layer_options=self.layer_options,
+            zero_norm_scale=last and self.zero_init_residual,
         )
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         y = self._conv(self.features, 3, self.strides, 1, self.activation)(x, train=train)
-        y = self._conv(self.features, 3, 1, 1, "identity")(y, train=train)
+        y = self._conv(self.features, 3, 1, 1, "identity", last=True)(y, train=train)
         return get_activation(self.activation)(y + self._shortcut(x, train))
 
     def _shortcut(self, x: jax.Array, train: bool) -> jax.Array:
@@ -71,7 +83,7 @@ class Bottleneck(BasicBlock):
         act = self.activation
         y = self._conv(self.features, 1, 1, 0, act)(x, train=train)
         y = self._conv(self.features, 3, self.strides, 1, act)(y, train=train)
-        y = self._conv(self.features * 4, 1, 1, 0, "identity")(y, train=train)
+        y = self._conv(self.features * 4, 1, 1, 0, "identity", last=True)(y, train=train)
         return get_activation(act)(y + self._shortcut(x, train))
 
 
@@ -86,6 +98,7 @@ class ResNet(nn.Module):
     dropout_rate: float = 0.0
     width: int = 64
     layer_options: LayerOptions = LayerOptions()
+    zero_init_residual: bool = False  # each block's last normalization scale starts at 0
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -104,6 +117,7 @@ class ResNet(nn.Module):
                     self.activation,
                     self.normalization,
                     layer_options=options,
+                    zero_init_residual=self.zero_init_residual,
                 )(x, train=train)
         x = x.mean(axis=(1, 2))  # global average pool
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)

@@ -7,6 +7,7 @@ import os
 import ml_collections
 
 from cnnjax.errors import UserError
+from cnnjax.sweep import devices as sweep_devices
 from cnnjax.sweep import local_executor, slurm_executor
 from cnnjax.sweep import report as sweep_report
 from cnnjax.sweep import status as run_status
@@ -26,9 +27,11 @@ def sweep(
     launcher: str,
     dry_run: bool,
     slurm_options=None,
+    share_devices: bool = False,
 ) -> int:
     """Plans the sweep, runs (or submits) what is not done, writes the report; returns the exit
-    status (1 when a run failed)."""
+    status (1 when a run failed). Local runs get their own GPUs or TPU chips (more `workers`
+    than GPUs only with `share_devices`; UserError otherwise)."""
     plan = make_plan(config, workdir, sweep_file=config_file)
     states = _states(plan)
     todo = [r for r in plan.runs if states[r.run_id] not in (run_status.DONE, run_status.RUNNING)]
@@ -44,9 +47,14 @@ def sweep(
         return _slurm(plan, todo, dry_run, slurm_options)
     if launcher != "local":
         raise UserError(f"unknown --launcher={launcher!r}: use local or slurm")
+    accelerators = sweep_devices.find_accelerators()
+    devices = sweep_devices.device_slots(accelerators, workers, share=share_devices)
     if dry_run:
         print("dry run: nothing is started; would run, in this order:")
-        print(local_executor.describe(todo, workers) if todo else "nothing: every run is done")
+        if todo:
+            print(local_executor.describe(todo, workers, devices))
+        else:
+            print("nothing: every run is done")
         return 0
     write_plan(plan)
     total = len(todo)
@@ -65,8 +73,10 @@ def sweep(
 
     if total:
         print(f"running {total} runs, {workers} at a time (logs: <run>/{run_status.LOG_FILE})")
+        if devices:
+            print("\n".join(sweep_devices.describe_slots(devices, os.environ)))
         try:
-            local_executor.run_all(todo, workers, on_finish=on_finish)
+            local_executor.run_all(todo, workers, on_finish=on_finish, devices=devices)
         except KeyboardInterrupt:  # the runs were stopped; their checkpoints remain
             sweep_report.write_report(plan.sweep_dir)
             print("\ninterrupted: rerun the same command to resume (finished runs are kept)")

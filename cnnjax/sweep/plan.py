@@ -149,19 +149,25 @@ def _slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9.=-]+", "_", label.replace(", ", "_")).strip("_") or "base"
 
 
-# Keys added to cnnjax after sweeps were planned with it, with their defaults: left out of the
-# hash while at the default, so that existing sweeps keep their run ids (and workdirs).
-KEYS_ADDED_LATER = {"optimizer.allow_lr_increase": False, "model.fast_paths": True}
+# Keys added to cnnjax after sweeps were planned with it, with the values that compute what the
+# sweeps computed before: left out of the hash, so that existing sweeps keep their run ids (and
+# workdirs). model.fast_paths was True before None ("on the CPU only") became its default.
+KEYS_ADDED_LATER = {
+    "optimizer.allow_lr_increase": (False,),
+    "model.fast_paths": (True, None),
+    "train.loss_scale_initial": (2.0**15,),
+    "train.loss_scale_period": (2000,),
+}
 
 
 def config_hash(config: ml_collections.ConfigDict) -> str:
     resolved = json.loads(config.to_json_best_effort())
-    for key, default in KEYS_ADDED_LATER.items():
+    for key, defaults in KEYS_ADDED_LATER.items():
         *parents, name = key.split(".")
         node = resolved
         for parent in parents:
             node = node.get(parent, {})
-        if node.get(name, default) == default:
+        if node.get(name, defaults[0]) in defaults:
             node.pop(name, None)
     text = json.dumps(resolved, sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:8]

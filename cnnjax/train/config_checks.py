@@ -82,3 +82,10 @@ def _check_train(config: ml_collections.ConfigDict) -> None:
             f"train.grad_accum_steps={train.grad_accum_steps} equal micro-batches"
         )
     check_fraction(train.ema_decay, "train.ema_decay")
+    if train.compute_dtype == "float16":
+        check_positive(train.loss_scale_period, "train.loss_scale_period")
+        if not train.loss_scale_initial >= 1:
+            raise UserError(
+                f"train.loss_scale_initial={train.loss_scale_initial}: use a power of 2 of at "
+                "least 1 (2**15 is the usual start)"
+            )

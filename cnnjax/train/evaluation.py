@@ -108,10 +108,13 @@ def add_sums(total: Sums | None, new: Sums) -> Sums:
 
 
 def device_prefetch(batches: Iterator[dict], size: int = 2, mesh=None) -> Iterator[dict]:
-    """Keeps `size` batches in flight to the devices (split over `mesh` when given);
-    transfers are asynchronous."""
+    """Keeps `size` batches in flight to the devices (split over `mesh` when given; evaluation
+    batches, which carry a 'mask', padded to a multiple of its devices); transfers are
+    asynchronous."""
     queue = collections.deque()
     for batch in batches:
+        if mesh is not None and "mask" in batch:
+            batch = parallel.pad_to_devices(batch, mesh)
         queue.append(
             parallel.shard_batch(batch, mesh) if mesh is not None else jax.device_put(batch)
         )

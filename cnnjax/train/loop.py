@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import sys
 import time
 
 import flax.linen as nn
@@ -28,6 +29,7 @@ from cnnjax import parallel
 from cnnjax.data.inputs import TrainingData, make_input
 from cnnjax.errors import TrainingDiverged, TrainingInterrupted
 from cnnjax.metrics import MetricWriter, NullWriter, plot_curves, read_metrics
+from cnnjax.parallel import accelerators
 from cnnjax.train import config_history, finetune, steps
 from cnnjax.train import workdir as workdirs
 from cnnjax.train.checkpoints import RunCheckpoints, model_signature, write_failure
@@ -43,7 +45,9 @@ from cnnjax.train.run import (
     evaluate_test,
     make_run_optimizer,
     make_steps,
+    resolve_backend_choices,
     schedule_of,
+    state_extras,
     step_options,
 )
 from cnnjax.train.run_record import environment
@@ -94,6 +98,7 @@ def train_and_evaluate(
     """
     wall_start = time.perf_counter()
     validate_config(config, custom_model=model is not None, custom_data=data is not None)
+    config = resolve_backend_choices(config)
     workdirs.make_workdir(workdir)
     is_main = jax.process_index() == 0
     # On many hosts the first process holds the lock for the run; the others follow it.
@@ -124,13 +129,13 @@ def _train_and_evaluate(config, workdir, model, data, allow_config_change, wall_
 
     # The device mesh: batches split over its `data` axis, the state replicated.
     mesh = parallel.data_mesh(config.parallel.num_devices)
+    if is_main:
+        _announce_devices(mesh)
     parallel.check_batch_size(config.data.batch_size, mesh)
-    parallel.check_batch_size(config.data.eval_batch_size, mesh, "data.eval_batch_size")
 
     # Shapes first: the restore target, and the signature a checkpoint must match.
-    ema = config.train.ema_decay > 0
     abstract_state = parallel.with_sharding(
-        abstract_train_state(model, tx, input_shape=data.input_shape, ema=ema),
+        abstract_train_state(model, tx, input_shape=data.input_shape, **state_extras(config)),
         parallel.replicated(mesh),
     )
     signature = model_signature(config.model.name, abstract_state.params)
@@ -180,10 +185,18 @@ def _train_and_evaluate(config, workdir, model, data, allow_config_change, wall_
     return TrainingOutcome(state=state, model=model, results=results)
 
 
+def _announce_devices(mesh: jax.sharding.Mesh) -> None:
+    """The run's devices in one line, and a loud warning when a GPU or TPU is left idle."""
+    print(accelerators.startup_line(int(mesh.devices.size)), flush=True)
+    warning = accelerators.idle_accelerator_warning(jax.default_backend())
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+
+
 def _initialize(config, model, tx, data, mesh, is_main: bool) -> TrainState:
     """The fresh state of `config.seed`, with `config.init_from`'s weights when fine-tuning."""
     state = create_train_state(
-        model, tx, input_shape=data.input_shape, seed=config.seed, ema=config.train.ema_decay > 0
+        model, tx, input_shape=data.input_shape, seed=config.seed, **state_extras(config)
     )
     if config.init_from:
         state, report = finetune.initialize_from(jax.device_get(state), config)

@@ -6,6 +6,7 @@ them to evaluate or inspect a finished run.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 from collections.abc import Callable
@@ -27,14 +28,32 @@ from cnnjax.train.steps import StepOptions
 TRAIN_STATS_FILE = "train_split_stats.json"
 
 
+def fast_paths_for_backend(fast_paths: bool | None, backend: str | None = None) -> bool:
+    """`model.fast_paths` resolved: None (the default) means on the CPU backend only, where the
+    block convolutions and reshape pooling were measured faster; True or False as given."""
+    if fast_paths is None:
+        return (backend or jax.default_backend()) == "cpu"
+    return bool(fast_paths)
+
+
+def resolve_backend_choices(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of `config` with the choices left to the backend made (`model.fast_paths`): what
+    a run computes with and records in config.json, so that a resume elsewhere is checked."""
+    config = copy.deepcopy(config)
+    with config.unlocked():
+        config.model.fast_paths = fast_paths_for_backend(config.model.get("fast_paths"))
+    return config
+
+
 def layer_options(config: ml_collections.ConfigDict) -> LayerOptions:
     """How the layers of `config`'s model compute: the fast forms (`model.fast_paths`), batch
     statistics over the devices of a shard_map step with synced batch norm, and batch norm in
     inference mode while fine-tuning with `finetune.batch_norm="frozen"`."""
     synced = config.parallel.step == "shard_map" and config.parallel.batch_norm == "sync"
+    fast = fast_paths_for_backend(config.model.get("fast_paths"))
     return LayerOptions(
-        block_convolutions=config.model.fast_paths,
-        reshape_pooling=config.model.fast_paths,
+        block_convolutions=fast,
+        reshape_pooling=fast,
         batch_norm_axis=parallel.DATA_AXIS if synced else None,
         frozen_batch_norm=config.finetune.batch_norm == "frozen",
     )
@@ -99,7 +118,18 @@ def step_options(config: ml_collections.ConfigDict, num_classes: int) -> StepOpt
         compute_dtype=config.train.compute_dtype,
         grad_accum_steps=config.train.grad_accum_steps,
         ema_decay=config.train.ema_decay,
+        loss_scale_period=config.train.get("loss_scale_period", 2000),
     )
+
+
+def state_extras(config: ml_collections.ConfigDict) -> dict:
+    """What the TrainState of `config` keeps besides the weights and the optimizer's state:
+    keyword arguments of `create_train_state` and `abstract_train_state`."""
+    float16 = config.train.compute_dtype == "float16"
+    return {
+        "ema": config.train.ema_decay > 0,
+        "loss_scale": config.train.get("loss_scale_initial", 2.0**15) if float16 else None,
+    }
 
 
 @dataclasses.dataclass(frozen=True)

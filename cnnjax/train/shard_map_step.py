@@ -68,8 +68,10 @@ def per_device_train_step(
         batch_stats = jax.lax.pmean(batch_stats, DATA_AXIS)
     metrics = jax.lax.psum(steps.step_metrics(logits, losses, batch["label"]), DATA_AXIS)
     # After the pmean and psum every device sees the same gradients and loss: no reduction.
-    metrics.update(steps.finiteness_metrics(metrics["loss_sum"], grads, state.step))
-    return steps.apply_update(state, grads, batch_stats, options.ema_decay), metrics
+    metrics.update(
+        steps.finiteness_metrics(metrics["loss_sum"], grads, state.step, options.loss_scaling)
+    )
+    return steps.apply_update(state, grads, batch_stats, options), metrics
 
 
 def make_shard_map_train_step(mesh, *, options: steps.StepOptions, batch_norm: str = "sync"):

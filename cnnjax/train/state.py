@@ -25,6 +25,9 @@ class TrainState(train_state.TrainState):
     key: jax.Array
     # Exponential moving average of `params` when `train.ema_decay` > 0, else {} (no leaves).
     ema_params: Any = struct.field(default_factory=dict)
+    # Dynamic loss scaling of float16 training, else {}: {"scale": float32 [], "good_steps":
+    # int32 [] (finite steps since the scale last changed)}; cnnjax/train/steps.py updates it.
+    loss_scale: Any = struct.field(default_factory=dict)
 
 
 def _keys(seed: int) -> tuple[jax.Array, jax.Array]:
@@ -44,8 +47,20 @@ def _variables(model: nn.Module, input_shape: tuple[int, ...], init_key: jax.Arr
     return model.init(init_key, jnp.zeros((1, *input_shape), jnp.float32), train=False)
 
 
+def initial_loss_scale(scale: float | None) -> dict:
+    """The loss-scaling state starting at `scale` (None: no loss scaling, {})."""
+    if scale is None:
+        return {}
+    return {"scale": jnp.asarray(scale, jnp.float32), "good_steps": jnp.zeros((), jnp.int32)}
+
+
 def _state(
-    model: nn.Module, tx: optax.GradientTransformation, ema: bool, variables: dict, step_key
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    ema: bool,
+    loss_scale: float | None,
+    variables: dict,
+    step_key,
 ) -> TrainState:
     state = TrainState.create(
         apply_fn=model.apply,
@@ -54,6 +69,7 @@ def _state(
         tx=tx,
         key=jax.random.key_data(step_key),
         ema_params=jax.tree.map(jnp.copy, variables["params"]) if ema else {},
+        loss_scale=initial_loss_scale(loss_scale),
     )
     # A Python int step would be weakly typed and make the second step compile again.
     return state.replace(step=jnp.zeros((), jnp.int32))
@@ -72,15 +88,19 @@ def create_train_state(
     input_shape: tuple[int, ...],
     seed: int,
     ema: bool = False,
+    loss_scale: float | None = None,
 ) -> TrainState:
     """Initializes a TrainState for `model` on inputs of `input_shape` ([H, W, C]).
 
     The initial parameters depend only on `seed` (through its `init` key); the dropout key is a
     separate purpose-named key, so changing the dropout rate does not change the initialization.
+    `ema` keeps an EMA of the weights; `loss_scale` (float16 training) is the initial scale of
+    dynamic loss scaling.
     """
     variables = init_variables(model, input_shape=input_shape, seed=seed)
     # One compiled function for the optimizer's state, not one small compilation per array shape.
-    return _jit_once(functools.partial(_state, model, tx, ema))(variables, _keys(seed)[1])
+    initial = functools.partial(_state, model, tx, ema, loss_scale)
+    return _jit_once(initial)(variables, _keys(seed)[1])
 
 
 def abstract_train_state(
@@ -89,12 +109,14 @@ def abstract_train_state(
     *,
     input_shape: tuple[int, ...],
     ema: bool = False,
+    loss_scale: float | None = None,
 ) -> TrainState:
     """Shapes and dtypes of the TrainState, without allocating it (a restore target)."""
 
     def initial_state():
         init_key, step_key = _keys(0)
-        return _state(model, tx, ema, _variables(model, input_shape, init_key), step_key)
+        variables = _variables(model, input_shape, init_key)
+        return _state(model, tx, ema, loss_scale, variables, step_key)
 
     return jax.eval_shape(initial_state)
 

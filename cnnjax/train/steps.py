@@ -30,7 +30,8 @@ class StepOptions:
 
     `compute_dtype`: "float32", or e.g. "bfloat16" for mixed precision (parameters and images
     cast for the forward and backward passes; master weights stay float32);
-    `grad_accum_steps`: micro-batches per step; `ema_decay`: 0, or the decay of `ema_params`.
+    `grad_accum_steps`: micro-batches per step; `ema_decay`: 0, or the decay of `ema_params`;
+    `loss_scale_period`: float16 only, finite steps after which the loss scale doubles.
     """
 
     num_classes: int
@@ -38,11 +39,18 @@ class StepOptions:
     compute_dtype: str = "float32"
     grad_accum_steps: int = 1
     ema_decay: float = 0.0
+    loss_scale_period: int = 2000
 
     @property
     def dtype(self):
         """The dtype to cast to, or None for float32 (no cast)."""
         return None if self.compute_dtype == "float32" else jnp.dtype(self.compute_dtype)
+
+    @property
+    def loss_scaling(self) -> bool:
+        """Dynamic loss scaling: float16's narrow range flushes small gradients to zero (and
+        large ones overflow) without it; bfloat16 has float32's range and needs none."""
+        return self.compute_dtype == "float16"
 
 
 def cross_entropy(
@@ -138,8 +146,19 @@ def gradients(
         dropout_key=dropout_key,
         options=options,
     )
-    grads, (logits, losses, new_stats) = jax.grad(loss_fn, has_aux=True)(params)
-    return grads, logits, losses, new_stats
+    if not options.loss_scaling:
+        grads, (logits, losses, new_stats) = jax.grad(loss_fn, has_aux=True)(params)
+        return grads, logits, losses, new_stats
+    # float16: differentiate the scaled loss, so that the backward pass's small values stay
+    # above float16's underflow, then unscale the (float32) gradients.
+    scale = state.loss_scale["scale"]
+
+    def scaled_loss_fn(p):
+        loss, aux = loss_fn(p)
+        return loss * scale, aux
+
+    grads, (logits, losses, new_stats) = jax.grad(scaled_loss_fn, has_aux=True)(params)
+    return jax.tree.map(lambda g: g / scale, grads), logits, losses, new_stats
 
 
 def accumulated_gradients(state: TrainState, batch: Batch, dropout_key, options: StepOptions):
@@ -189,27 +208,62 @@ NO_STEP = float(2**31)
 MIN_METRICS = ("first_nonfinite_step",)
 
 
-def finiteness_metrics(loss_sum: jax.Array, grads, step: jax.Array) -> Metrics:
+def all_finite(tree) -> jax.Array:
+    """True when every element of every leaf of `tree` is finite."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+
+def finiteness_metrics(
+    loss_sum: jax.Array, grads, step: jax.Array, loss_scaling: bool = False
+) -> Metrics:
     """Whether this step's loss and gradient norm are finite, as metric sums: the count of
-    non-finite steps and the first such step (1-based, NO_STEP when none). The loop reads them
-    at its log steps and stops a diverged run before it saves anything."""
-    finite = jnp.isfinite(loss_sum) & jnp.isfinite(optax.tree.norm(grads))
+    non-finite steps and the first such step (1-based, NO_STEP when none), and the steps that
+    loss scaling skipped for overflowing gradients. The loop reads them at its log steps and
+    stops a diverged run before it saves anything; with loss scaling, overflowing gradients are
+    skipped instead, and only a non-finite loss means divergence."""
+    finite = jnp.isfinite(loss_sum)
+    if loss_scaling:
+        skipped = ~all_finite(grads)
+    else:
+        finite &= jnp.isfinite(optax.tree.norm(grads))
+        skipped = jnp.zeros((), bool)
     return {
         "nonfinite_steps": jnp.where(finite, 0.0, 1.0).astype(jnp.float32),
         "first_nonfinite_step": jnp.where(finite, NO_STEP, step + 1).astype(jnp.float32),
+        "skipped_steps": skipped.astype(jnp.float32),
     }
 
 
-def apply_update(state: TrainState, grads, batch_stats, ema_decay: float) -> TrainState:
-    """The optimizer step, the new batch statistics and the EMA of the weights."""
-    state = state.apply_gradients(grads=grads)
-    if state.batch_stats:
-        state = state.replace(batch_stats=batch_stats)
-    if ema_decay:
-        state = state.replace(
-            ema_params=optax.incremental_update(state.params, state.ema_params, 1.0 - ema_decay)
+def next_loss_scale(loss_scale: dict, finite: jax.Array, period: int) -> dict:
+    """Dynamic loss scaling's rule: halve the scale at an overflow (never below 1), double it
+    after `period` finite steps in a row."""
+    good_steps = jnp.where(finite, loss_scale["good_steps"] + 1, 0)
+    grow = good_steps >= period
+    scale = loss_scale["scale"]
+    scale = jnp.where(finite, jnp.where(grow, scale * 2.0, scale), jnp.maximum(scale / 2.0, 1.0))
+    return {"scale": scale, "good_steps": jnp.where(grow, 0, good_steps).astype(jnp.int32)}
+
+
+def apply_update(state: TrainState, grads, batch_stats, options: StepOptions) -> TrainState:
+    """The optimizer step, the new batch statistics and the EMA of the weights; with loss
+    scaling, a step whose gradients overflowed changes nothing but the step and the scale."""
+    updated = state.apply_gradients(grads=grads)
+    if updated.batch_stats:
+        updated = updated.replace(batch_stats=batch_stats)
+    if options.ema_decay:
+        updated = updated.replace(
+            ema_params=optax.incremental_update(
+                updated.params, updated.ema_params, 1.0 - options.ema_decay
+            )
         )
-    return state
+    if not options.loss_scaling:
+        return updated
+    finite = all_finite(grads)
+    kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
+    return kept.replace(
+        step=updated.step,
+        loss_scale=next_loss_scale(state.loss_scale, finite, options.loss_scale_period),
+    )
 
 
 def step_dropout_key(state: TrainState) -> jax.Array:
@@ -224,8 +278,8 @@ def train_step(state: TrainState, batch: Batch, options: StepOptions) -> tuple[T
         state, batch, step_dropout_key(state), options
     )
     metrics = step_metrics(logits, losses, batch["label"])
-    metrics.update(finiteness_metrics(metrics["loss_sum"], grads, state.step))
-    return apply_update(state, grads, batch_stats, options.ema_decay), metrics
+    metrics.update(finiteness_metrics(metrics["loss_sum"], grads, state.step, options.loss_scaling))
+    return apply_update(state, grads, batch_stats, options), metrics
 
 
 def add_metrics(total: Metrics, new: Metrics) -> Metrics:
@@ -241,10 +295,15 @@ def zero_metrics() -> Metrics:
     sums = {k: jnp.zeros((), jnp.float32) for k in ("loss_sum", "correct", "count")}
     sums["nonfinite_steps"] = jnp.zeros((), jnp.float32)
     sums["first_nonfinite_step"] = jnp.full((), NO_STEP, jnp.float32)
+    sums["skipped_steps"] = jnp.zeros((), jnp.float32)
     return sums
 
 
 def summarize(sums: dict) -> dict[str, float]:
-    """Mean loss and accuracy of the train step's metric sums (on the host)."""
+    """Mean loss and accuracy of the train step's metric sums (on the host), and the steps that
+    float16 loss scaling skipped, when there were any."""
     count = max(float(sums["count"]), 1.0)
-    return {"loss": float(sums["loss_sum"]) / count, "accuracy": float(sums["correct"]) / count}
+    summary = {"loss": float(sums["loss_sum"]) / count, "accuracy": float(sums["correct"]) / count}
+    if sums.get("skipped_steps"):
+        summary["skipped_steps"] = int(sums["skipped_steps"])
+    return summary

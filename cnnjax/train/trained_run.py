@@ -30,6 +30,7 @@ from cnnjax.train.run import (
     make_run_optimizer,
     make_steps,
     schedule_of,
+    state_extras,
     step_options,
 )
 from cnnjax.train.state import TrainState, abstract_train_state, init_variables
@@ -141,12 +142,9 @@ def load_trained_run(
         data = make_input(config, _read_train_stats(workdir))
         model = build_model(config, data.num_classes)
         mesh = parallel.data_mesh(config.parallel.num_devices)
-        parallel.check_batch_size(config.data.eval_batch_size, mesh, "data.eval_batch_size")
         tx = make_run_optimizer(config, schedule_of(config, data.num_train))
         abstract = parallel.with_sharding(
-            abstract_train_state(
-                model, tx, input_shape=data.input_shape, ema=config.train.ema_decay > 0
-            ),
+            abstract_train_state(model, tx, input_shape=data.input_shape, **state_extras(config)),
             parallel.replicated(mesh),
         )
         signature = model_signature(config.model.name, abstract.params)
