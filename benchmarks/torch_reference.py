@@ -195,40 +195,56 @@ def measure_train_step(
     warmup: int = 3,
     memory_format: torch.memory_format | None = None,
     seed: int = 0,
+    device: str = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+    compile_model: bool = False,
 ) -> dict[str, float | list[float]]:
     """Images/s of SGD train steps (momentum 0.9, lr 0.01, cross-entropy) on one random batch.
 
     Returns the median over `windows` timed windows of `steps_per_window` steps (after `warmup`
     untimed steps), each window's images/s, and the seconds of the first step (PyTorch's
-    one-time costs, the counterpart of jit compilation). CPU only: steps are synchronous there.
-    Sets torch's global thread count and trains `model` (converted to `memory_format`) in place.
+    one-time costs, the counterpart of jit compilation). Sets torch's global thread count and
+    trains `model` (converted to `memory_format`) in place on `device` ("cpu", "cuda"); on a
+    GPU the clock reads wait for the queued kernels. `autocast_dtype` (e.g. torch.bfloat16) runs
+    the forward pass and the loss under `torch.autocast`, as PyTorch's mixed precision does
+    (weights and optimizer stay float32); `compile_model` times `torch.compile(model)`, whose
+    compilation then falls in the first step.
     """
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     num_classes = [m for m in model.modules() if isinstance(m, nn.Linear)][-1].out_features
-    images = torch.randn(batch_size, *image_shape)
-    labels = torch.randint(0, num_classes, (batch_size,))
+    images = torch.randn(batch_size, *image_shape).to(device)
+    labels = torch.randint(0, num_classes, (batch_size,)).to(device)
+    model = model.to(device)
     if memory_format is not None:
         model = model.to(memory_format=memory_format)
         images = images.contiguous(memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     model.train()
+    forward = torch.compile(model) if compile_model else model
+    device_type = torch.device(device).type
+    synchronize = torch.cuda.synchronize if device_type == "cuda" else lambda: None
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(model(images), labels).backward()
+        with torch.autocast(device_type, autocast_dtype, enabled=autocast_dtype is not None):
+            loss = F.cross_entropy(forward(images), labels)
+        loss.backward()
         optimizer.step()
 
     start = time.perf_counter()
     step()
+    synchronize()
     first_step_seconds = time.perf_counter() - start
     for _ in range(warmup):
         step()
     speeds = []
     for _ in range(windows):
+        synchronize()
         start = time.perf_counter()
         for _ in range(steps_per_window):
             step()
+        synchronize()
         speeds.append(steps_per_window * batch_size / (time.perf_counter() - start))
     return {
         "images_per_sec_median": statistics.median(speeds),

@@ -39,9 +39,10 @@ YNN_ENV_VARIABLE = "CNNJAX_YNN"  # 0: leave XLA's own choice of what YNNPACK com
 YNN_FLAG = (
     "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"
 )
-# jaxlib releases whose XLA knows the flag (checked by tests/test_fast_paths.py): an XLA that
-# does not know a flag aborts the process, so newer releases run without it until tested.
-_FLAG_TESTED_JAXLIB = ("0.10.",)
+# jaxlib releases whose XLA knows the flag (checked by tests/test_fast_paths.py, with 0.10.2 and
+# 0.12.0.1): an XLA that does not know a flag aborts the process, so other releases run without
+# it until tested.
+_FLAG_TESTED_JAXLIB = ("0.10.", "0.12.0")
 # Every program: reading one back takes milliseconds, and the small ones (evaluation, state
 # assembly, host transfers) add up to a second of compiling at each start of `cnnjax train`.
 _COMPILATION_CACHE_MIN_SECONDS = 0.0

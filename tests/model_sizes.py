@@ -19,7 +19,25 @@ from cnnjax.models.registry import get_spec
 # net on 2 cores): without its backend optimizations it compiles such steps about twice as fast,
 # its older loop emitters save up to half of the rest (GoogLeNet's), and steps this small still
 # run at once.
-QUICK_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
+_NO_OPTIMIZATIONS = {"xla_backend_optimization_level": 0}
+_LOOP_EMITTERS = {"xla_cpu_use_fusion_emitters": False}
+
+
+def _quick_compile() -> dict:
+    """`_NO_OPTIMIZATIONS`, with `_LOOP_EMITTERS` where this XLA still has them: newer XLA:CPU
+    (jaxlib 0.12) deleted its loop emitters and the option with them, and rejects an unknown
+    compile option ("No such compile option"). Checked by compiling a scalar addition."""
+    options = {**_NO_OPTIMIZATIONS, **_LOOP_EMITTERS}
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=options).lower(np.float32(0)).compile()
+    except jax.errors.JaxRuntimeError as error:
+        if "No such compile option" not in str(error):
+            raise
+        return dict(_NO_OPTIMIZATIONS)
+    return options
+
+
+QUICK_COMPILE = _quick_compile()
 jit_fast = functools.partial(jax.jit, compiler_options=QUICK_COMPILE)
 
 SMALL = {

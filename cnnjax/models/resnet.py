@@ -134,6 +134,7 @@ class CifarResNet(nn.Module):
     dropout_rate: float = 0.0
     shortcut: str = "zero_pad"  # option A of the paper; "projection" is option B
     layer_options: LayerOptions = LayerOptions()
+    zero_init_residual: bool = False  # each block's last normalization scale starts at 0
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -152,6 +153,7 @@ class CifarResNet(nn.Module):
                     self.normalization,
                     self.shortcut,
                     layer_options=options,
+                    zero_init_residual=self.zero_init_residual,
                 )(x, train=train)
         x = x.mean(axis=(1, 2))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
