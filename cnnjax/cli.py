@@ -27,7 +27,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cnnjax import fast_paths
+from cnnjax import fast_paths, files
 from cnnjax.config_loader import check_loaded, is_unreadable, parse_error_message
 from cnnjax.errors import EXIT_USER_ERROR, TrainingInterrupted, UserError, for_command_line
 
@@ -134,10 +134,11 @@ def _train(argv: list[str]) -> None:
     if _CONFIG.value is None or not _WORKDIR.value:
         _fail("train", "--config=FILE and --workdir=DIR are both required")
     config = _config()
-    workdir = os.path.abspath(_WORKDIR.value)
+    workdir = files.resolve(_WORKDIR.value)  # a local path or a URL (gs://bucket/run)
     from cnnjax.train import workdir as workdirs
 
-    created = not os.path.exists(workdir)
+    # An object store has no empty folders to leave behind.
+    created = not files.is_remote(workdir) and not os.path.exists(workdir)
     if _DISTRIBUTED.value:  # before anything touches a device
         from cnnjax.parallel import distributed
 
@@ -183,6 +184,8 @@ def _sweep(argv: list[str]) -> None:
         _fail("sweep", f"--workers={_WORKERS.value}: give at least 1")
     config = _config("sweep")
     from cnnjax.sweep import command
+
+    command.refuse_object_store(_WORKDIR.value)  # before abspath turns gs:// into a local path
     from cnnjax.sweep.slurm_executor import SlurmOptions
 
     slurm_options = SlurmOptions(
@@ -241,7 +244,7 @@ def _models(argv: list[str]) -> None:
 def _require_workdir(command: str) -> str:
     if not _WORKDIR.value:
         _fail(command, "--workdir=DIR (a `cnnjax train` run) is required")
-    return os.path.abspath(_WORKDIR.value)
+    return files.resolve(_WORKDIR.value)
 
 
 def _eval(argv: list[str]) -> None:

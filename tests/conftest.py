@@ -42,6 +42,7 @@ LONGEST_FILES_FIRST = (
     "test_gradcheck.py",
     "test_inception.py",
     "test_resume.py",
+    "test_remote_workdir.py",
     "test_models.py",
     "test_run_faults.py",
     "test_train_steps.py",

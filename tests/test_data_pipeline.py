@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from cnnjax.data import AugmentConfig, Split, TrainBatches, channel_stats, eval_batches
+from cnnjax.data.normalization import Normalization
 from cnnjax.data.pipeline import random_crop, random_flip
 
 AUGMENT = AugmentConfig(random_crop_padding=2, horizontal_flip=True)
@@ -105,7 +106,12 @@ def test_eval_covers_the_whole_split_once_with_a_mask():
 def test_normalization_standardizes_the_training_split():
     split = _split(n=512)
     batches = _batches(split, 0, 32, augment=AugmentConfig())
-    pixels = np.concatenate([b["image"] for b in batches])
+    assert all(b["image"].dtype == np.uint8 for b in batches)  # normalized on the device
+    pixels = np.asarray(
+        Normalization.standardize(*channel_stats(split.images))(
+            np.concatenate([b["image"] for b in batches])
+        )
+    )
     assert abs(float(pixels.mean())) < 0.02 and abs(float(pixels.std()) - 1.0) < 0.02
 
 
@@ -141,6 +147,36 @@ def test_upscale_repeats_each_pixel():
     split = _split(n=4, size=3)
     upscaled = AugmentConfig(normalize=False, upscale=2)
     batch = next(eval_batches(split, batch_size=4, augment=upscaled, mean=None, std=None))
-    assert batch["image"].shape == (4, 6, 6, 1)
-    np.testing.assert_allclose(batch["image"][:, ::2, ::2], split.images / 255.0, rtol=1e-6)
+    assert batch["image"].shape == (4, 6, 6, 1) and batch["image"].dtype == np.uint8
+    np.testing.assert_array_equal(batch["image"][:, ::2, ::2], split.images)
     np.testing.assert_array_equal(batch["image"][:, 1::2, 1::2], batch["image"][:, ::2, ::2])
+
+
+def test_rows_of_a_batch_equal_those_rows_of_the_whole_batch():
+    """A process that makes only its rows of each global batch (on many hosts) gets exactly
+    those rows of the whole batch: order, augmentation and padding drawn for the whole batch."""
+    split = _split(n=70)
+    whole = TrainBatches(split, batch_size=16, seed=2, augment=AUGMENT)
+    parts = [
+        TrainBatches(split, batch_size=16, seed=2, augment=AUGMENT, rows=slice(a, a + 8))
+        for a in (0, 8)
+    ]
+    for step in (0, 5, 9):  # 4 steps per epoch: three epochs
+        expected = whole.batch_at(step)
+        for key in ("image", "label"):
+            joined = np.concatenate([part.batch_at(step)[key] for part in parts])
+            np.testing.assert_array_equal(joined, expected[key])
+    # Evaluation: 10 examples in batches of 4 padded to 6 rows (e.g. 3 devices), two halves.
+    split = _split(n=10)
+    halves = [
+        list(eval_batches(split, batch_size=4, augment=AUGMENT, rows=slice(a, a + 3)))
+        for a in (0, 3)
+    ]
+    whole_eval = list(eval_batches(split, batch_size=4, augment=AUGMENT))
+    assert [len(h) for h in halves] == [3, 3]
+    for first, second, batch in zip(*halves, whole_eval, strict=True):
+        for key in ("image", "label", "mask"):
+            joined = np.concatenate([first[key], second[key]])
+            np.testing.assert_array_equal(joined[:4], batch[key])
+            assert not joined[4:].any()  # the rows past the batch: padding
+    np.testing.assert_array_equal(halves[1][2]["mask"], [0, 0, 0])  # nothing to read

@@ -21,7 +21,8 @@ from test_parallel import _flat_state
 from cnnjax import load_config, load_trained_run, train_and_evaluate
 
 # 30 steps (3 epochs of 10) of momentum SGD, checkpoints every 7 steps and per epoch, each
-# evaluating 200 test examples (the evaluation is not what these tests are about). SGD, not the
+# evaluating 200 test examples in 2 batches (so that each process has real examples of its own
+# in every evaluation batch: each reads only its rows). SGD, not the
 # recipe's Adam: the biases of the dense layers that feed batch norm get only float noise as
 # gradient (batch norm removes them), which Adam scales up to full steps. Two processes sum each
 # gradient in another order than one: after these 30 steps their weights differed from one
@@ -33,10 +34,17 @@ OVERRIDES = {
     "optimizer.name": "momentum",
     "optimizer.learning_rate": 0.002,
     "data.eval_split": "test[:200]",
+    "data.eval_batch_size": 100,
 }
 STEPS = 30  # 1,280 examples in batches of 128, 3 epochs
 COMMON = (f"--config={RECIPE}:smoke", *(f"--config.{k}={v}" for k, v in OVERRIDES.items()))
-VOLATILE = {"wall_seconds", "train_images_per_sec", "compile_seconds", "resumed_from_step"}
+VOLATILE = {
+    "wall_seconds",
+    "train_images_per_sec",
+    "compile_seconds",
+    "resumed_from_step",
+    "examples_decoded_per_process",  # of this invocation
+}
 
 
 def _start(workdir, port: int) -> list[subprocess.Popen]:
@@ -82,8 +90,8 @@ def uninterrupted(tmp_path_factory, data_dir):
 
 
 def test_two_processes_train_like_one(tmp_path, data_dir, uninterrupted):
-    """Each process feeds half of every global batch; together they end with the parameters of
-    one process training on the same global batches."""
+    """Each process reads and feeds half of every global batch, training and evaluation alike;
+    together they end with the parameters of one process training on the same global batches."""
     # The one-process run, here, while the two processes train.
     config = load_config(f"{RECIPE}:smoke", {**OVERRIDES, "data.data_dir": data_dir})
     single = train_and_evaluate(config, str(tmp_path / "single"))
@@ -98,6 +106,14 @@ def test_two_processes_train_like_one(tmp_path, data_dir, uninterrupted):
     for key, value in expected.items():
         np.testing.assert_allclose(got[key], value, atol=1e-4, err_msg=key)
     assert results["train_loss"] == pytest.approx(single.results["train_loss"], abs=1e-5)
+    # Each process read (and augmented) only its own 64 rows of each batch of 128 and its 50 of
+    # each evaluation batch of 100: half of what the one process read.
+    [alone] = single.results["examples_decoded_per_process"]
+    assert alone == {"train": (STEPS + 2) * 128, "eval": 3 * 200}  # 2 batches in flight at the end
+    half = {split: count // 2 for split, count in alone.items()}
+    assert results["examples_decoded_per_process"] == [half, half]
+    # The evaluation sums are global: each process evaluated half, the step summed both halves.
+    assert results["test_loss"] == pytest.approx(single.results["test_loss"], abs=1e-4)
 
 
 def _final(workdir):

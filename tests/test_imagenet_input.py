@@ -18,6 +18,7 @@ from cnnjax.data.imagenet import (
     eval_image_batches,
     eval_transform,
     example_rng,
+    imagenet_normalization,
     random_resized_crop_box,
     train_transform,
 )
@@ -192,31 +193,40 @@ def test_eval_transform_resizes_the_shorter_side_then_center_crops():
         np.testing.assert_array_equal(out, np.asarray(expected))
 
 
-def test_batches_are_normalized_transforms_of_the_source(image_folder):
+def test_batches_are_transforms_of_the_source(image_folder):
     source = ImageFolderSource(image_folder)
     batches = ImageBatches(source, batch_size=4, seed=3, image_size=16, workers=2)
     assert batches.steps_per_epoch == 3
     batch = batches.batch_at(4)  # epoch 1, positions 4..7
-    assert batch["image"].shape == (4, 16, 16, 3) and batch["image"].dtype == np.float32
+    assert batch["image"].shape == (4, 16, 16, 3) and batch["image"].dtype == np.uint8
     assert batch["label"].dtype == np.int32
     indices = batches.order(1)[4:8]
     np.testing.assert_array_equal(batch["label"], source.labels[indices])
     data, _ = source.get(int(indices[2]))
     pixels = train_transform(data, example_rng(3, 1, 6), size=16)
-    np.testing.assert_allclose(batch["image"][2], normalized(pixels), atol=1e-5)
+    np.testing.assert_array_equal(batch["image"][2], pixels)  # normalized on the device
+    np.testing.assert_allclose(
+        imagenet_normalization()(batch["image"][2]), normalized(pixels), atol=1e-5
+    )
     plain = ImageBatches(source, batch_size=4, seed=3, image_size=16, train=False, workers=1)
-    expected = normalized(eval_transform(source.get(int(indices[0]))[0], 16, resize=18))
-    np.testing.assert_allclose(plain.batch_at(4)["image"][0], expected, atol=1e-5)
+    expected = eval_transform(source.get(int(indices[0]))[0], 16, resize=18)
+    np.testing.assert_array_equal(plain.batch_at(4)["image"][0], expected)
+    # Rows of the batch (on many hosts, a process's own) decode only those examples.
+    half = ImageBatches(source, batch_size=4, seed=3, image_size=16, workers=2, rows=slice(2, 4))
+    np.testing.assert_array_equal(half.batch_at(4)["image"], batch["image"][2:])
+    np.testing.assert_array_equal(half.batch_at(4)["label"], batch["label"][2:])
 
 
-def test_batches_do_not_depend_on_workers_or_the_start_step(image_folder):
+def test_batches_do_not_depend_on_workers_processes_or_the_start_step(image_folder):
     source = ImageFolderSource(image_folder)
     kwargs = dict(batch_size=4, seed=7, image_size=16)
     one, four = ImageBatches(source, workers=1, **kwargs), ImageBatches(source, workers=4, **kwargs)
     iterator = iter(ImageBatches(source, workers=3, prefetch=2, start_step=5, **kwargs))
+    processes = ImageBatches(source, workers=2, worker_processes=True, start_step=5, **kwargs)
+    in_processes = iter(processes)
     for step in range(5, 12):  # crosses two epoch boundaries (3 steps per epoch)
         expected = one.batch_at(step)
-        for batch in (four.batch_at(step), next(iterator)):
+        for batch in (four.batch_at(step), next(iterator), next(in_processes)):
             np.testing.assert_array_equal(batch["image"], expected["image"])
             np.testing.assert_array_equal(batch["label"], expected["label"])
     other_seed = ImageBatches(source, workers=1, batch_size=4, seed=8, image_size=16)
@@ -233,8 +243,7 @@ def test_each_epoch_visits_every_example_once_in_a_new_order():
     assert not np.array_equal(epochs[0], epochs[1]) and not np.array_equal(epochs[1], epochs[2])
     # The pixels are the example's value, so images and labels stay paired.
     first = batches.batch_at(0)
-    expected = (first["label"][:, None] / 255.0 - MEAN) / STD  # [B, 3]
-    np.testing.assert_allclose(first["image"][:, 2, 2], expected, atol=1e-5)
+    np.testing.assert_array_equal(first["image"][:, 2, 2], first["label"][:, None].repeat(3, 1))
 
 
 def test_the_remainder_of_an_epoch_is_dropped():
@@ -267,8 +276,15 @@ def test_eval_batches_cover_every_example_once_with_a_mask(image_folder):
     assert not batches[-1]["image"][3].any() and batches[-1]["label"][3] == 0
     labels = np.concatenate([b["label"] for b in batches])[:15]
     np.testing.assert_array_equal(labels, source.labels)
-    expected = normalized(eval_transform(source.get(13)[0], 16, 18))
-    np.testing.assert_allclose(batches[3]["image"][1], expected, atol=1e-5)
+    np.testing.assert_array_equal(batches[3]["image"][1], eval_transform(source.get(13)[0], 16, 18))
+    # The last two rows of each batch padded to 6 (e.g. on 3 devices), as one process makes them.
+    tail = list(
+        eval_image_batches(source, batch_size=4, image_size=16, resize=18, rows=slice(2, 6))
+    )
+    for part, batch in zip(tail, batches, strict=True):
+        np.testing.assert_array_equal(part["image"][:2], batch["image"][2:])
+        np.testing.assert_array_equal(part["mask"], np.concatenate([batch["mask"][2:], [0, 0]]))
+    assert not np.concatenate([part["image"][2:] for part in tail]).any()
 
 
 WNIDS = ("n01440764", "n02102040", "n02979186")  # the first three Imagenette classes

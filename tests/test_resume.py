@@ -32,6 +32,7 @@ VOLATILE = {
     "resumed_from_step",
     "git_revision",
     "host",
+    "examples_decoded_per_process",  # what this invocation read: none for a finished run
 }
 
 

@@ -16,21 +16,28 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import functools
-import io
 import itertools
-import math
 import weakref
 from collections.abc import Callable, Iterator
 
 import numpy as np
 import PIL.Image
 
+from cnnjax.data.decode_workers import DecodeProcesses, DecodeSpec
+from cnnjax.data.image_decoding import (  # noqa: F401 (re-exported: one import for users)
+    EVAL_CROP_FRACTION,
+    eval_transform,
+    example_rng,
+    random_resized_crop_box,
+    train_transform,
+)
 from cnnjax.data.image_sources import (  # noqa: F401 (re-exported: one import for users)
     IMAGE_EXTENSIONS,
     ImageFolderSource,
     ImageSource,
     TfdsImageSource,
 )
+from cnnjax.data.normalization import Normalization
 from cnnjax.errors import UserError
 
 Batch = dict[str, np.ndarray]
@@ -39,110 +46,19 @@ Batch = dict[str, np.ndarray]
 # checkpoint expects them.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# Evaluation resizes the shorter side to size / 0.875 (256 for 224) before the center crop: the
-# standard ResNet/Inception protocol.
-EVAL_CROP_FRACTION = 0.875
-# numpy pads seed sequences with zeros ([s, e] seeds like [s, e, 0]), so the per-example
-# augmentation seed ends with a stream number that no other seed of the data stage uses
-# (pipeline.TrainBatches uses 1 for its batch augmentation).
-_AUGMENT_STREAM = 2
-
-
-def example_rng(seed: int, epoch: int, position: int) -> np.random.Generator:
-    """The augmentation generator of the example at `position` in `epoch`'s order."""
-    return np.random.default_rng([seed, epoch, position, _AUGMENT_STREAM])
-
-
-def random_resized_crop_box(
-    width: int,
-    height: int,
-    rng: np.random.Generator,
-    scale: tuple[float, float] = (0.08, 1.0),
-    ratio: tuple[float, float] = (3 / 4, 4 / 3),
-) -> tuple[int, int, int, int]:
-    """Inception's crop (left, top, width, height): area fraction in `scale`, log-uniform
-    aspect ratio in `ratio`, 10 tries, then the central crop clamped to `ratio`.
-
-    The same sampling as torchvision's RandomResizedCrop.get_params and big_vision's
-    inception_crop, so published ImageNet recipes carry over unchanged.
-    """
-    area = width * height
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target_area = area * rng.uniform(scale[0], scale[1])
-        aspect = math.exp(rng.uniform(*log_ratio))
-        w = int(round(math.sqrt(target_area * aspect)))
-        h = int(round(math.sqrt(target_area / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            top = int(rng.integers(0, height - h + 1))
-            left = int(rng.integers(0, width - w + 1))
-            return left, top, w, h
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        w, h = width, int(round(width / min(ratio)))
-    elif in_ratio > max(ratio):
-        w, h = int(round(height * max(ratio))), height
-    else:
-        w, h = width, height
-    return (width - w) // 2, (height - h) // 2, w, h
-
-
-def train_transform(
-    data: bytes,
-    rng: np.random.Generator,
-    size: int = 224,
-    scale: tuple[float, float] = (0.08, 1.0),
-    ratio: tuple[float, float] = (3 / 4, 4 / 3),
-    flip: bool = True,
-) -> np.ndarray:
-    """Encoded image -> random-resized crop, bilinear to size x size, random mirror: uint8
-    [size, size, 3].
-    """
-    image = PIL.Image.open(io.BytesIO(data))
-    width, height = image.size
-    left, top, w, h = random_resized_crop_box(width, height, rng, scale, ratio)
-    # A JPEG can decode at 1/2, 1/4 or 1/8 scale for a fraction of the cost: ask for the smallest
-    # one whose crop still has at least `size` pixels each way (a no-op for other formats).
-    image.draft("RGB", (math.ceil(width * size / w), math.ceil(height * size / h)))
-    fx, fy = image.size[0] / width, image.size[1] / height
-    box = (left * fx, top * fy, (left + w) * fx, (top + h) * fy)
-    image = _rgb(image).resize((size, size), PIL.Image.Resampling.BILINEAR, box=box)
-    pixels = np.asarray(image, np.uint8)  # [size, size, 3]
-    if flip and rng.random() < 0.5:
-        pixels = pixels[:, ::-1]
-    return pixels
-
-
-def eval_transform(data: bytes, size: int = 224, resize: int = 256) -> np.ndarray:
-    """Encoded image -> shorter side resized to `resize` (bilinear, aspect kept), central
-    size x size crop: uint8 [size, size, 3]."""
-    image = PIL.Image.open(io.BytesIO(data))
-    width, height = image.size
-    # Truncating the longer side, and rounding the crop offset, as torchvision's Resize and
-    # CenterCrop do, so numbers reported with torchvision's evaluation are comparable.
-    if width <= height:
-        new_size = (resize, int(resize * height / width))
-    else:
-        new_size = (int(resize * width / height), resize)
-    image.draft("RGB", new_size)
-    image = _rgb(image).resize(new_size, PIL.Image.Resampling.BILINEAR)
-    top = int(round((new_size[1] - size) / 2))
-    left = int(round((new_size[0] - size) / 2))
-    return np.asarray(image.crop((left, top, left + size, top + size)), np.uint8)
-
-
-def _rgb(image: PIL.Image.Image) -> PIL.Image.Image:
-    # ImageNet holds grayscale and CMYK JPEGs, and PNGs may carry alpha or a palette.
-    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 class ImageBatches:
-    """Infinite training batches {'image': float32 [B, S, S, 3], 'label': int32 [B]}.
+    """Infinite training batches {'image': uint8 [B, S, S, 3], 'label': int32 [B]}.
 
     Each epoch drops its last N mod B examples (different ones each epoch) so every step has the
     same shape. Iterating starts at `start_step` and keeps the decoding of the next `prefetch`
     batches queued on `workers` threads, so they are ready while the accelerator runs a step.
-    `train=False` takes the evaluation transform instead of the augmentation.
+    `train=False` takes the evaluation transform instead of the augmentation. With `rows` (on
+    many hosts, this process's rows of each global batch) only those examples are decoded.
+    `worker_processes`: `workers` processes decode instead of threads (no GIL ceiling on large
+    hosts; cnnjax/data/decode_workers.py), with the same bytes.
+    Images stay uint8: the steps normalize them on the device (`imagenet_normalization()`).
     """
 
     def __init__(
@@ -153,11 +69,12 @@ class ImageBatches:
         seed: int,
         image_size: int = 224,
         train: bool = True,
-        mean: tuple[float, float, float] = IMAGENET_MEAN,
-        std: tuple[float, float, float] = IMAGENET_STD,
         workers: int = 8,
         prefetch: int = 4,
         start_step: int = 0,
+        rows: slice | None = None,
+        jpeg_draft: bool = True,
+        worker_processes: bool = False,
     ):
         if not 0 < batch_size <= len(source):
             raise UserError(
@@ -167,9 +84,10 @@ class ImageBatches:
         self.source, self.batch_size, self.seed = source, batch_size, seed
         self.image_size, self.train = image_size, train
         self.workers, self.prefetch, self.start_step = workers, prefetch, start_step
-        self._normalize = _normalizer(mean, std)
+        self.rows = rows or slice(0, batch_size)
+        self.jpeg_draft, self.worker_processes = jpeg_draft, worker_processes
         self._order_epoch, self._order = -1, None
-        self._pool = None
+        self._pool = self._processes = None
 
     @property
     def steps_per_epoch(self) -> int:
@@ -194,21 +112,40 @@ class ImageBatches:
         epoch, batch_index = divmod(step, self.steps_per_epoch)
         first = batch_index * self.batch_size
         indices = self.order(epoch)[first : first + self.batch_size]
-        pending = _Pending.empty(self.batch_size, self.image_size)
-        for row, index in enumerate(indices):
-            job = (self._fill, pending, row, int(index), epoch, first + row)
+        if self.worker_processes:
+            rows = range(self.rows.start, self.rows.stop)
+            jobs = [(int(indices[row]), epoch, first + row) for row in rows]
+            return _ProcessPending(self._decoder(), jobs)
+        pending = _Pending.empty(self.rows.stop - self.rows.start, self.image_size)
+        for row in range(self.rows.start, self.rows.stop):
+            local = row - self.rows.start  # its row in this process's part of the batch
+            job = (self._fill, pending, local, int(indices[row]), epoch, first + row)
             pending.futures.append(self._executor().submit(*job))
         return pending
 
     def _fill(self, pending: _Pending, row: int, index: int, epoch: int, position: int) -> None:
         if self.train:
             rng = example_rng(self.seed, epoch, position)
-            transform = functools.partial(train_transform, rng=rng, size=self.image_size)
+            transform = functools.partial(
+                train_transform, rng=rng, size=self.image_size, draft=self.jpeg_draft
+            )
         else:
             resize = round(self.image_size / EVAL_CROP_FRACTION)
-            transform = functools.partial(eval_transform, size=self.image_size, resize=resize)
-        pixels, pending.batch["label"][row] = _read(self.source, index, transform)
-        self._normalize(pixels, out=pending.batch["image"][row])
+            transform = functools.partial(
+                eval_transform, size=self.image_size, resize=resize, draft=self.jpeg_draft
+            )
+        pending.batch["image"][row], pending.batch["label"][row] = _read(
+            self.source, index, transform
+        )
+
+    def _decoder(self) -> DecodeProcesses:
+        """The worker processes (started at the first batch), each decoding whole rows."""
+        if self._processes is None:
+            resize = round(self.image_size / EVAL_CROP_FRACTION)
+            spec = DecodeSpec(self.image_size, self.train, self.seed, resize, self.jpeg_draft)
+            rows = self.rows.stop - self.rows.start
+            self._processes = DecodeProcesses(self.source, spec, processes=self.workers, rows=rows)
+        return self._processes
 
     def _executor(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._pool is None:
@@ -223,29 +160,33 @@ def eval_image_batches(
     batch_size: int,
     image_size: int = 224,
     resize: int = 256,
-    mean: tuple[float, float, float] = IMAGENET_MEAN,
-    std: tuple[float, float, float] = IMAGENET_STD,
     workers: int = 8,
+    rows: slice | None = None,
+    jpeg_draft: bool = True,
 ) -> Iterator[Batch]:
     """Every example of `source` once, in order, with the evaluation transform.
 
     Like `pipeline.eval_batches`, the last batch is padded to `batch_size` and each batch has
     'mask' float32 [B] (1 for real examples, 0 for padding), so jitted evaluation keeps one
-    shape and counts every example once.
+    shape and counts every example once; with `rows` each batch holds (and decodes) only those
+    rows of the global batch (rows past `batch_size` are padding too). Images stay uint8.
     """
-    normalize = _normalizer(mean, std)
+    rows = rows or slice(0, batch_size)
     pool = _thread_pool(workers)
 
     def fill(pending: _Pending, row: int, index: int) -> None:
-        transform = functools.partial(eval_transform, size=image_size, resize=resize)
-        pixels, pending.batch["label"][row] = _read(source, index, transform)
-        normalize(pixels, out=pending.batch["image"][row])
+        transform = functools.partial(
+            eval_transform, size=image_size, resize=resize, draft=jpeg_draft
+        )
+        pending.batch["image"][row], pending.batch["label"][row] = _read(source, index, transform)
         pending.batch["mask"][row] = 1.0
 
     def submit(start: int) -> _Pending:
-        pending = _Pending.empty(batch_size, image_size, masked=True)
-        for row, index in enumerate(range(start, min(start + batch_size, len(source)))):
-            pending.futures.append(pool.submit(fill, pending, row, index))
+        pending = _Pending.empty(rows.stop - rows.start, image_size, masked=True)
+        end = min(start + batch_size, len(source))
+        for row in range(rows.start, rows.stop):
+            if start + row < end:
+                pending.futures.append(pool.submit(fill, pending, row - rows.start, start + row))
         return pending
 
     try:
@@ -264,7 +205,7 @@ class _Pending:
     def empty(cls, batch_size: int, image_size: int, masked: bool = False) -> _Pending:
         batch = {
             # Zeros: the padding rows of an evaluation batch stay as they are.
-            "image": np.zeros((batch_size, image_size, image_size, 3), np.float32),
+            "image": np.zeros((batch_size, image_size, image_size, 3), np.uint8),
             "label": np.zeros((batch_size,), np.int32),
         }
         if masked:
@@ -280,7 +221,22 @@ def _read(source: ImageSource, index: int, transform) -> tuple[np.ndarray, int]:
         raise UserError(f"example {index} is not a readable image ({error}): replace it") from None
 
 
-def _collect(pending: _Pending) -> Batch:
+class _ProcessPending:
+    """A batch that worker processes are decoding into shared memory."""
+
+    futures = ()  # nothing to cancel: the processes finish their chunks
+
+    def __init__(self, decoder: DecodeProcesses, jobs: list):
+        self.decoder, self.submitted = decoder, decoder.submit(jobs)
+
+    def batch(self) -> Batch:
+        images, labels = self.decoder.collect(self.submitted)
+        return {"image": images, "label": labels}
+
+
+def _collect(pending: _Pending | _ProcessPending) -> Batch:
+    if isinstance(pending, _ProcessPending):
+        return pending.batch()
     for future in pending.futures:
         future.result()  # re-raises a worker's exception here, in the consumer
     return pending.batch
@@ -312,17 +268,10 @@ def _pipelined(
                 future.cancel()
 
 
-def _normalizer(mean, std) -> Callable[..., np.ndarray]:
-    """(x / 255 - mean) / std as one multiply and one subtract, written into `out`."""
-    scale = (1.0 / (255.0 * np.asarray(std, np.float64))).astype(np.float32)
-    offset = (np.asarray(mean, np.float64) / np.asarray(std, np.float64)).astype(np.float32)
-
-    def normalize(pixels: np.ndarray, out: np.ndarray) -> np.ndarray:
-        np.multiply(pixels, scale, out=out)
-        out -= offset
-        return out
-
-    return normalize
+def imagenet_normalization() -> Normalization:
+    """(x / 255 - mean) / std with ImageNet's channel statistics: what the steps apply to the
+    uint8 batches of this module."""
+    return Normalization.standardize(IMAGENET_MEAN, IMAGENET_STD)
 
 
 def _thread_pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:

@@ -8,10 +8,15 @@ Two kinds share one interface, `TrainingData` (sizes, `train_batches(start_step)
 * streaming: ImageNet-style datasets (`imagenet2012`, `imagenette`, or `imagefolder` with
   `data.image_folder`), decoded per batch in threads with random-resized crops for training and
   resize + center crop for evaluation (cnnjax/data/imagenet.py).
+
+Both hand over uint8 images and name the `normalization` that the steps apply on the device.
+On many hosts each process asks for its own `rows` of every global batch and reads (or decodes)
+only those examples; `examples_decoded` counts them per split.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import os
@@ -22,6 +27,7 @@ import ml_collections
 import numpy as np
 
 from cnnjax.data import imagenet, pipeline, sources, subsets, tasks
+from cnnjax.data.normalization import Normalization
 from cnnjax.errors import UserError
 
 STREAMING_DATASETS = ("imagenet2012", "imagenette", "imagefolder")
@@ -30,10 +36,14 @@ STREAMING_DATASETS = ("imagenet2012", "imagenette", "imagefolder")
 class TrainingData(Protocol):
     """What the training loop needs of its data (pass your own to `train_and_evaluate`).
 
-    `train_batches(start_step)` yields {'image': float32 [B, ...], 'label': int [B] or
-    [B, H, W]} from step `start_step` on, the same batches for the same step (a resumed run
-    continues exactly); `eval_batches()` yields the whole evaluation split once, with a
-    'mask' [B] of 1 for real examples and 0 for padding (every batch the same size).
+    `train_batches(start_step)` yields {'image': [B, ...], 'label': int [B] or [B, H, W]}
+    from step `start_step` on, the same batches for the same step (a resumed run continues
+    exactly); `eval_batches()` yields the whole evaluation split once, with a 'mask' [B] of 1
+    for real examples and 0 for padding (every batch the same size). Images are float32 model
+    inputs, or uint8 with a `normalization` attribute (a cnnjax.data.normalization
+    .Normalization) that the steps apply. Optionally, both take `rows` (a slice of each global
+    batch) and then yield only those rows: on many hosts, each process's own (data without it
+    is read whole by every process, which keeps its own rows).
     """
 
     num_train: int
@@ -108,6 +118,12 @@ class InMemoryInput:
         # float32 -> float -> float32 is exact, so saved statistics normalize bit for bit alike.
         self.mean = np.asarray(train_stats.mean, np.float32)
         self.std = np.asarray(train_stats.std, np.float32)
+        self.normalization = (
+            Normalization.standardize(self.mean, self.std)
+            if self.augment.normalize
+            else Normalization.unit_range(len(self.mean))
+        )
+        self.examples_decoded = collections.Counter()  # read and augmented, per split
         self.batch_size, self.eval_batch_size, self.seed = (
             cfg.batch_size,
             cfg.eval_batch_size,
@@ -118,35 +134,31 @@ class InMemoryInput:
         scale = cfg.augment.upscale  # the pipeline upscales images by this integer factor
         self.input_shape = (height * scale, width * scale, *rest)
 
-    def train_batches(self, start_step: int) -> Iterator[dict]:
+    def train_batches(self, start_step: int, rows: slice | None = None) -> Iterator[dict]:
         if self.train_split is None:
             raise ValueError("this input was built for evaluation only (from saved statistics)")
-        return iter(
-            pipeline.TrainBatches(
-                self.train_split,
-                batch_size=self.batch_size,
-                seed=self.seed,
-                augment=self.augment,
-                mean=self.mean,
-                std=self.std,
-                start_step=start_step,
-            )
-        )
-
-    def eval_batches(self) -> Iterator[dict]:
-        return pipeline.eval_batches(
-            self.test_split,
-            batch_size=self.eval_batch_size,
+        batches = pipeline.TrainBatches(
+            self.train_split,
+            batch_size=self.batch_size,
+            seed=self.seed,
             augment=self.augment,
-            mean=self.mean,
-            std=self.std,
+            start_step=start_step,
+            rows=rows,
         )
+        return _counted(iter(batches), self.examples_decoded, "train")
+
+    def eval_batches(self, rows: slice | None = None) -> Iterator[dict]:
+        batches = pipeline.eval_batches(
+            self.test_split, batch_size=self.eval_batch_size, augment=self.augment, rows=rows
+        )
+        return _counted(batches, self.examples_decoded, "eval")
 
 
 class StreamingInput:
     """ImageNet-style datasets decoded per batch (they do not fit in memory)."""
 
     train_stats = None  # fixed normalization: nothing to save
+    normalization = imagenet.imagenet_normalization()
 
     def __init__(self, config: ml_collections.ConfigDict):
         cfg = config.data
@@ -160,9 +172,12 @@ class StreamingInput:
             config.seed,
         )
         self.image_size, self.workers = cfg.image_size, cfg.workers
+        self.jpeg_draft = cfg.get("jpeg_draft", True)
+        self.worker_processes = cfg.get("worker_processes", False)
         self.num_train = len(self.train_source)
         self.num_classes = self.train_source.num_classes
         self.input_shape = (cfg.image_size, cfg.image_size, 3)
+        self.examples_decoded = collections.Counter()  # per split
 
     @staticmethod
     def _source(cfg, split: str):
@@ -177,26 +192,44 @@ class StreamingInput:
             cfg.name, split, data_dir=cfg.data_dir, download=cfg.download
         )
 
-    def train_batches(self, start_step: int) -> Iterator[dict]:
-        return iter(
-            imagenet.ImageBatches(
-                self.train_source,
-                batch_size=self.batch_size,
-                seed=self.seed,
-                image_size=self.image_size,
-                workers=self.workers,
-                start_step=start_step,
-            )
+    def train_batches(self, start_step: int, rows: slice | None = None) -> Iterator[dict]:
+        batches = imagenet.ImageBatches(
+            self.train_source,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            image_size=self.image_size,
+            workers=self.workers,
+            start_step=start_step,
+            rows=rows,
+            jpeg_draft=self.jpeg_draft,
+            worker_processes=self.worker_processes,
         )
+        return _counted(iter(batches), self.examples_decoded, "train")
 
-    def eval_batches(self) -> Iterator[dict]:
-        return imagenet.eval_image_batches(
+    def eval_batches(self, rows: slice | None = None) -> Iterator[dict]:
+        batches = imagenet.eval_image_batches(
             self.eval_source,
             batch_size=self.eval_batch_size,
             image_size=self.image_size,
             resize=round(self.image_size / imagenet.EVAL_CROP_FRACTION),
             workers=self.workers,
+            rows=rows,
+            jpeg_draft=self.jpeg_draft,
         )
+        return _counted(batches, self.examples_decoded, "eval")
+
+
+def _counted(batches: Iterator[dict], counts: collections.Counter, split: str) -> Iterator[dict]:
+    """`batches`, adding the real examples of each batch taken (its rows with mask 1) to
+    `counts[split]`: what this process read and decoded for the devices (the decoding of a few
+    batches queued ahead and never taken is not counted)."""
+    try:
+        for batch in batches:
+            mask = batch.get("mask")
+            counts[split] += len(batch["label"]) if mask is None else int(np.count_nonzero(mask))
+            yield batch
+    finally:
+        batches.close()  # stops the pipeline's threads now, not when collected
 
 
 RunInput = InMemoryInput | StreamingInput

@@ -5,6 +5,11 @@ in the epoch): the epoch's order comes from a generator seeded with (seed, epoch
 batch's augmentation from one seeded with (seed, epoch, batch index). A run resumed at any step
 therefore sees exactly the batches of a run that never stopped. Whole batches are augmented with
 numpy at once (per-example maps reach only 1k-17k images/s) in a background thread.
+
+Batches stay uint8: the steps normalize them on the device (cnnjax/data/normalization.py). With
+`rows` (on many hosts, the rows of each global batch that this process's devices hold) only
+those examples are read and augmented, each with the random draws it has in the whole batch, so
+a batch's rows are the same whichever process makes them.
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ class AugmentConfig:
 
     random_crop_padding: int = 0  # zero-pad by this many pixels, then crop back at random; 0: off
     horizontal_flip: bool = False
-    normalize: bool = True  # (x / 255 - mean) / std with the training split's channel statistics
+    # (x / 255 - mean) / std with the training split's channel statistics, else x / 255: done by
+    # the steps on the device (the input's `normalization`).
+    normalize: bool = True
     # Integer nearest-neighbour upscaling, train and eval alike: lets nets made for large inputs
     # (Inception v3 needs 75x75 or more) run on 32x32 datasets.
     upscale: int = 1
@@ -39,37 +46,54 @@ def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return pixels.mean(0).astype(np.float32), pixels.std(0).astype(np.float32)
 
 
-def to_float(images: np.ndarray, mean: np.ndarray, std: np.ndarray, augment: AugmentConfig):
-    """uint8 [B, H, W, C] -> float32 in [0, 1], optionally standardized and upscaled."""
-    x = images.astype(np.float32) * np.float32(1 / 255)
-    if augment.normalize:
-        x = (x - mean) / std
-    if augment.upscale > 1:
-        x = x.repeat(augment.upscale, axis=1).repeat(augment.upscale, axis=2)
-    return x
+def upscale(images: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour upscaling of [B, H, W, C] by an integer `factor` (uint8 stays uint8)."""
+    if factor == 1:
+        return images
+    return images.repeat(factor, axis=1).repeat(factor, axis=2)
 
 
-def random_crop(images: np.ndarray, padding: int, rng: np.random.Generator) -> np.ndarray:
-    """Zero-pads [B, H, W, C] by `padding` and crops each image back at a random offset."""
+def random_crop(
+    images: np.ndarray,
+    padding: int,
+    rng: np.random.Generator,
+    *,
+    batch_size: int | None = None,
+    rows: slice = slice(None),
+) -> np.ndarray:
+    """Zero-pads [B, H, W, C] by `padding` and crops each image back at a random offset.
+
+    `images` may be `rows` of a batch of `batch_size`: the offsets are drawn for the whole batch
+    and each image takes its own row's.
+    """
     batch, height, width, _ = images.shape
     padded = np.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    dy, dx = rng.integers(0, 2 * padding + 1, size=(2, batch))
-    rows = dy[:, None] + np.arange(height)  # [B, H]
+    dy, dx = rng.integers(0, 2 * padding + 1, size=(2, batch_size or batch))[:, rows]
+    rows_index = dy[:, None] + np.arange(height)  # [B, H]
     cols = dx[:, None] + np.arange(width)  # [B, W]
-    return padded[np.arange(batch)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    return padded[np.arange(batch)[:, None, None], rows_index[:, :, None], cols[:, None, :]]
 
 
-def random_flip(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Mirrors a random half (on average) of the images left to right."""
-    flip = rng.random(images.shape[0]) < 0.5
+def random_flip(
+    images: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    batch_size: int | None = None,
+    rows: slice = slice(None),
+) -> np.ndarray:
+    """Mirrors a random half (on average) of the images left to right (`images` may be `rows`
+    of a batch of `batch_size`, as in `random_crop`)."""
+    flip = rng.random(batch_size or images.shape[0])[rows] < 0.5
     return np.where(flip[:, None, None, None], images[:, :, ::-1], images)
 
 
 class TrainBatches:
-    """Infinite training batches {'image': float32 [B, H, W, C], 'label': int32 [B]}.
+    """Infinite training batches {'image': uint8 [B, H, W, C], 'label': int32 [B]}.
 
     The remainder of each epoch (N mod batch_size examples, different ones each epoch) is
-    dropped so that every step has the same shape. Iterating starts at `start_step`.
+    dropped so that every step has the same shape. Iterating starts at `start_step`. With
+    `rows`, each batch holds only those rows of the global batch of `batch_size`. `mean` and
+    `std` are not used (the steps normalize): accepted so that older callers keep working.
     """
 
     def __init__(
@@ -79,13 +103,15 @@ class TrainBatches:
         batch_size: int,
         seed: int,
         augment: AugmentConfig,
-        mean: np.ndarray,
-        std: np.ndarray,
+        mean: np.ndarray | None = None,
+        std: np.ndarray | None = None,
         start_step: int = 0,
         prefetch: int = 3,
+        rows: slice | None = None,
     ):
+        del mean, std  # normalized on the device
         self.split, self.batch_size, self.seed = split, batch_size, seed
-        self.augment, self.mean, self.std = augment, mean, std
+        self.augment, self.rows = augment, rows or slice(0, batch_size)
         self.start_step, self.prefetch = start_step, prefetch
         self.steps_per_epoch = len(split.labels) // batch_size
         self._order_epoch, self._order = -1, None
@@ -101,14 +127,16 @@ class TrainBatches:
         """The batch of global step `step`."""
         epoch, position = divmod(step, self.steps_per_epoch)
         indices = self.order(epoch)[position * self.batch_size : (position + 1) * self.batch_size]
+        indices = indices[self.rows]
         images = self.split.images[indices]
         rng = np.random.default_rng([self.seed, epoch, position, 1])
+        draws = dict(batch_size=self.batch_size, rows=self.rows)
         if self.augment.random_crop_padding:
-            images = random_crop(images, self.augment.random_crop_padding, rng)
+            images = random_crop(images, self.augment.random_crop_padding, rng, **draws)
         if self.augment.horizontal_flip:
-            images = random_flip(images, rng)
+            images = random_flip(images, rng, **draws)
         return {
-            "image": to_float(images, self.mean, self.std, self.augment),
+            "image": upscale(images, self.augment.upscale),
             "label": self.split.labels[indices],
         }
 
@@ -123,30 +151,38 @@ class TrainBatches:
 
 
 def eval_batches(
-    split: Split, *, batch_size: int, augment: AugmentConfig, mean: np.ndarray, std: np.ndarray
+    split: Split,
+    *,
+    batch_size: int,
+    augment: AugmentConfig,
+    mean: np.ndarray | None = None,
+    std: np.ndarray | None = None,
+    rows: slice | None = None,
 ) -> Iterator[Batch]:
     """Every example of `split` once, in order; the last batch is zero-padded to `batch_size`.
 
     Each batch has 'mask' float32 [B] (1 for real examples, 0 for padding) so that jitted
-    evaluation keeps one shape and still counts every example exactly once.
+    evaluation keeps one shape and still counts every example exactly once. With `rows` each
+    batch holds only those rows of the global batch (rows past `batch_size` are padding too).
+    Images stay uint8 (`mean` and `std` are not used: the steps normalize).
     """
+    del mean, std
+    rows = rows or slice(0, batch_size)
     total = len(split.labels)
     for start in range(0, total, batch_size):
-        images = split.images[start : start + batch_size]
-        labels = split.labels[start : start + batch_size]
-        real = len(labels)
-        if real < batch_size:
-            images = np.concatenate(
-                [images, np.zeros((batch_size - real, *images.shape[1:]), images.dtype)]
-            )
-            labels = np.concatenate(
-                [labels, np.zeros((batch_size - real, *labels.shape[1:]), labels.dtype)]
-            )
-        mask = (np.arange(batch_size) < real).astype(np.float32)
+        # The examples of this batch's rows; rows past the batch or the split are padding.
+        wanted = start + np.arange(rows.start, rows.stop)
+        real = (wanted < min(start + batch_size, total)).sum()  # real rows come first
+        images = split.images[wanted[:real]]
+        labels = split.labels[wanted[:real]]
+        padding = len(wanted) - real
+        if padding:
+            images = np.concatenate([images, np.zeros((padding, *images.shape[1:]), images.dtype)])
+            labels = np.concatenate([labels, np.zeros((padding, *labels.shape[1:]), labels.dtype)])
         yield {
-            "image": to_float(images, mean, std, augment),
+            "image": upscale(images, augment.upscale),
             "label": labels,
-            "mask": mask,
+            "mask": (np.arange(len(wanted)) < real).astype(np.float32),
         }
 
 

@@ -18,12 +18,14 @@ import re
 
 import jax
 import numpy as np
+from etils import epath
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from cnnjax.data import sources
 from cnnjax.data.subsets import parse_classes
 from cnnjax.errors import UserError
+from cnnjax.files import is_remote, staged_folder
 from cnnjax.train.evaluation import summarize_evaluation
 from cnnjax.train.trained_run import (
     TrainedRun,
@@ -128,7 +130,11 @@ def evaluate_workdir(
     result["paths"]["tensorboard"] = tensorboard
     if jax.process_index() == 0:  # on many hosts, the first process writes the files
         try:
-            write_files(result, out, tensorboard)
+            # On an object store (gs://) written to a local folder first, then uploaded.
+            with staged_folder(out) as local_out, staged_folder(tensorboard) as local_board:
+                if is_remote(tensorboard):
+                    _remove_stale_events(tensorboard, result["step"])
+                write_files(result, local_out, local_board)
         except OSError as error:
             raise write_failure("evaluation results", out, error, "rerun `cnnjax eval`") from None
     return result
@@ -164,6 +170,11 @@ def _write_per_class_csv(path: str, result: dict) -> None:
             zip(result["class_names"], result["per_class"], strict=True)
         ):
             writer.writerow([index, name, *("" if row[k] is None else row[k] for k in fields)])
+
+
+def _remove_stale_events(logdir: str, step: int) -> None:
+    for stale in epath.Path(logdir).glob(f"events.out.tfevents.*.step_{step}"):
+        stale.unlink()
 
 
 def _write_tensorboard(logdir: str, result: dict, figures: dict) -> None:

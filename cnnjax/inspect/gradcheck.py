@@ -377,7 +377,8 @@ def gradcheck_from_config(
     result = check_gradients(
         model,
         {"params": state.params, "batch_stats": state.batch_stats},
-        {"image": batch["image"], "label": batch["label"]},
+        # Normalized on the host as the steps normalize on the device.
+        {"image": np.asarray(run_input.normalization(batch["image"])), "label": batch["label"]},
         num_classes=run_input.num_classes,
         label_smoothing=config.optimizer.label_smoothing,
         seed=config.seed,

@@ -29,8 +29,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.image import imread
 
-from cnnjax.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from cnnjax.errors import UserError
+from cnnjax.files import staged_folder
 from cnnjax.inspect import activations as act
 from cnnjax.inspect.evaluation_report import class_names
 from cnnjax.train.trained_run import TrainedRun, load_trained_run, read_run_config
@@ -61,11 +61,22 @@ def visualize_workdir(
     read_run_config(workdir)  # one line when it is not a run, before the writability check
     ensure_writable(workdir, "figures")
     trained = load_trained_run(workdir, str(checkpoint))
-    run, model = trained, trained.model
     out_dir = os.path.join(trained.workdir, "visualize")
     if checkpoint != "best":  # other checkpoints side by side, not over the best one's figures
         out_dir = os.path.join(out_dir, f"step_{trained.step}")
-    os.makedirs(out_dir, exist_ok=True)
+    board = os.path.join(trained.workdir, "tensorboard", "visualize")
+    # On an object store (gs://) drawn into a local folder first, then uploaded.
+    with staged_folder(out_dir) as local_dir, staged_folder(board) as local_board:
+        paths = _draw(trained, local_dir, local_board, layers, num_images, image_indices)
+    paths = {name: path.replace(local_dir, out_dir, 1) for name, path in paths.items()}
+    paths["tensorboard"] = board
+    return paths
+
+
+def _draw(trained, out_dir, board, layers, num_images, image_indices) -> dict[str, str]:
+    """Writes every figure into `out_dir` and their images as TensorBoard events into `board`;
+    returns {name: file path}."""
+    run, model = trained, trained.model
     variables = {"params": trained.state.params}
     if jax.tree.leaves(trained.state.batch_stats):
         variables["batch_stats"] = trained.state.batch_stats
@@ -74,8 +85,10 @@ def visualize_workdir(
     act_layers = act.activation_layers(calls, run.config.model.activation)
     shapes = act.activation_shapes(model, variables, blank, act_layers)
     indices = _parse_list(image_indices, int) or list(range(num_images))
-    batch, labels, num_stats = _examples(run, shapes, indices)
-    chosen, pictures = batch[num_stats:], _displayable(run, batch[num_stats:])
+    images, labels, num_stats = _examples(run, shapes, indices)
+    batch = np.asarray(run.input.normalization(images))  # as the steps normalize them
+    # Pictures in [0, 1]: the uint8 images the input read, before normalization.
+    chosen, pictures = batch[num_stats:], images[num_stats:] / 255.0
     title = f"{run.config.model.name} on {run.config.data.name}, step {trained.step}"
     map_layers, map_paths = _feature_layers(_parse_list(layers, str), act_layers, calls, shapes)
     # One forward pass for all: the statistics' images, then the chosen ones (maps, logits).
@@ -94,8 +107,7 @@ def visualize_workdir(
     paths["saliency"] = _write_saliency(
         model, variables, chosen, logits, pictures, labels[num_stats:], names, out_dir, title
     )
-    _write_tensorboard(trained, {k: v for k, v in paths.items() if v.endswith(".png")})
-    paths["tensorboard"] = os.path.join(trained.workdir, "tensorboard", "visualize")
+    _write_tensorboard(trained, {k: v for k, v in paths.items() if v.endswith(".png")}, board)
     return paths
 
 
@@ -114,7 +126,7 @@ def _parse_list(value, kind) -> list:
 
 
 def _examples(run, shapes: dict, indices: list[int]) -> tuple[np.ndarray, np.ndarray, int]:
-    """Test images (normalized as the model sees them) and labels: first those for the
+    """Test images (uint8, as the input reads them) and labels: first those for the
     statistics (as many as STATS_VALUES allows, at most STATS_IMAGES), then those at
     `indices`; and how many the former are."""
     per_image = sum(math.prod(shape) for shape in shapes.values())
@@ -131,18 +143,6 @@ def _examples(run, shapes: dict, indices: list[int]) -> tuple[np.ndarray, np.nda
         raise UserError(f"--images: the test split has {len(images)} examples")
     keep = [*range(min(num_stats, len(images))), *indices]
     return images[keep], labels[keep], len(keep) - len(indices)
-
-
-def _displayable(run, images: np.ndarray) -> np.ndarray:
-    """Model inputs back in [0, 1]: undoes the normalization by the training split's statistics
-    (in-memory datasets) or ImageNet's (streamed ones)."""
-    if hasattr(run.input, "mean"):
-        if not run.config.data.augment.normalize:
-            return images
-        mean, std = run.input.mean, run.input.std
-    else:
-        mean, std = IMAGENET_MEAN, IMAGENET_STD
-    return np.clip(images * np.asarray(std) + np.asarray(mean), 0.0, 1.0)
 
 
 def _spread(items: list, limit: int) -> list:
@@ -363,10 +363,10 @@ def _write_saliency(
     return _save(fig, os.path.join(out_dir, "saliency.png"))
 
 
-def _write_tensorboard(trained: TrainedRun, pngs: dict[str, str]) -> None:
+def _write_tensorboard(trained: TrainedRun, pngs: dict[str, str], board: str) -> None:
     from tensorboardX import SummaryWriter  # here: its import changes os.environ
 
-    writer = SummaryWriter(os.path.join(trained.workdir, "tensorboard", "visualize"))
+    writer = SummaryWriter(board)
     try:
         for name, path in pngs.items():
             image = imread(path)[..., :3]  # RGBA floats in [0, 1] -> RGB

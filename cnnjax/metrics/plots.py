@@ -6,11 +6,16 @@ files must not pick the process's backend (a notebook's inline plots would stop 
 
 from __future__ import annotations
 
+import io
+
 from matplotlib.figure import Figure
+
+from cnnjax.files import write_bytes
 
 
 def plot_curves(records: list[dict], path: str, *, title: str = "") -> str:
-    """Draws loss and accuracy per epoch from metrics records into `path`; returns `path`."""
+    """Draws loss and accuracy per epoch from metrics records into `path` (local or a URL such
+    as gs://bucket/run/curves.png); returns `path`."""
     fig = Figure(figsize=(10, 4))
     loss_ax, acc_ax = fig.subplots(1, 2)
     # Epoch means of training (not the noisier per-log-step windows) against each evaluation.
@@ -29,5 +34,7 @@ def plot_curves(records: list[dict], path: str, *, title: str = "") -> str:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    png = io.BytesIO()  # drawn in memory, then written whole (or uploaded) in one piece
+    fig.savefig(png, format="png", dpi=120)
+    write_bytes(path, png.getvalue())
     return path

@@ -62,21 +62,51 @@ def process_rows(global_shape: tuple[int, ...], mesh: Mesh) -> slice:
     return rows
 
 
-def shard_batch(batch: dict, mesh: Mesh) -> dict:
-    """A global batch (the same numpy batch on every process) as arrays sharded on `data`.
+def local_batch_rows(batch_size: int, mesh: Mesh) -> tuple[slice, int]:
+    """(this process's rows, the global batch's rows) of a batch of `batch_size` padded with
+    masked-out rows to a multiple of the mesh's devices, as `pad_to_devices` pads it (training
+    batches split evenly: no padding). The rows may reach past `batch_size`: padding."""
+    padded = batch_size + (-batch_size % mesh.devices.size)
+    return process_rows((padded,), mesh), padded
 
-    Each process hands over only the rows of its own devices, so on many hosts no process
-    transfers data that another host's devices hold.
+
+def gather_from_processes(values: Sequence[int]) -> list[list[int]]:
+    """Every process's `values` (integers, the same number on each), in process order; on
+    many processes all of them must call it at the same point."""
+    if jax.process_count() == 1:
+        return [[int(v) for v in values]]
+    from jax.experimental import multihost_utils
+
+    gathered = multihost_utils.process_allgather(np.asarray(values, np.int32))
+    return [[int(v) for v in row] for row in np.asarray(gathered).reshape(jax.process_count(), -1)]
+
+
+def shard_batch(batch: dict, mesh: Mesh, global_rows: int | None = None) -> dict:
+    """A batch as arrays sharded on `data`.
+
+    Without `global_rows`, `batch` is the global batch (the same numpy batch on every process)
+    and each process hands over only the rows of its own devices. With `global_rows`, `batch`
+    holds only this process's rows (`process_rows((global_rows,), mesh)`) of a global batch of
+    `global_rows`: what a per-process input pipeline reads, so that no host reads or decodes
+    the examples of another host's devices.
     """
     sharding = batch_sharding(mesh)
-    if jax.process_count() == 1:
+    if jax.process_count() == 1 and global_rows in (None, _leading_size(batch)):
         return jax.device_put(batch, sharding)
     out = {}
     for key, value in batch.items():
         value = np.asarray(value)
-        rows = process_rows(value.shape, mesh)
-        out[key] = jax.make_array_from_process_local_data(sharding, value[rows], value.shape)
+        if global_rows is None:
+            rows, shape = process_rows(value.shape, mesh), value.shape
+            value = value[rows]
+        else:
+            shape = (global_rows, *value.shape[1:])
+        out[key] = jax.make_array_from_process_local_data(sharding, value, shape)
     return out
+
+
+def _leading_size(batch: dict) -> int:
+    return len(next(iter(batch.values())))
 
 
 def pad_to_devices(batch: dict, mesh: Mesh) -> dict:

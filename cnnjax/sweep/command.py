@@ -6,6 +6,7 @@ import os
 
 import ml_collections
 
+from cnnjax import files
 from cnnjax.errors import UserError
 from cnnjax.sweep import devices as sweep_devices
 from cnnjax.sweep import local_executor, slurm_executor
@@ -32,6 +33,7 @@ def sweep(
     """Plans the sweep, runs (or submits) what is not done, writes the report; returns the exit
     status (1 when a run failed). Local runs get their own GPUs or TPU chips (more `workers`
     than GPUs only with `share_devices`; UserError otherwise)."""
+    refuse_object_store(workdir)
     plan = make_plan(config, workdir, sweep_file=config_file)
     states = _states(plan)
     todo = [r for r in plan.runs if states[r.run_id] not in (run_status.DONE, run_status.RUNNING)]
@@ -138,6 +140,17 @@ def _slurm(plan, todo, dry_run: bool, options) -> int:
     print(slurm_executor.submit(script))
     print(f"report at any time: cnnjax report {plan.sweep_dir}")
     return 0
+
+
+def refuse_object_store(sweep_dir: str) -> None:
+    """One line for a sweep directory on an object store (gs://...): its workers' status files
+    and the runs' workdirs are held with file locks."""
+    files.refuse_object_store(
+        sweep_dir,
+        "a sweep's directory",
+        "give a local or network-file-system --workdir (copy its runs and report to the bucket "
+        "afterwards, e.g. gcloud storage cp -r)",
+    )
 
 
 def report(sweep_dir: str) -> int:

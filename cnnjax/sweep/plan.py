@@ -157,6 +157,8 @@ KEYS_ADDED_LATER = {
     "model.fast_paths": (True, None),
     "train.loss_scale_initial": (2.0**15,),
     "train.loss_scale_period": (2000,),
+    "data.jpeg_draft": (True,),
+    "data.worker_processes": (False,),
 }
 
 

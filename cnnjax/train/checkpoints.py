@@ -23,6 +23,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from cnnjax.errors import UserError
+from cnnjax.files import forget_listings, resolve
 from cnnjax.train.workdir import CHECKPOINT_DIR, finished_checkpoint_steps, write_failure
 
 BEST_METRIC = "test_accuracy"
@@ -94,8 +95,9 @@ class RunCheckpoints:
     """
 
     def __init__(self, workdir: str, *, keep_best: int, read_only: bool = False):
-        self.workdir = os.path.abspath(workdir)
+        self.workdir = resolve(workdir)  # a local path or a URL (gs://...)
         self.directory = os.path.join(self.workdir, CHECKPOINT_DIR)
+        forget_listings(self.directory)  # Orbax lists the steps: as they are now, on gs:// too
         policy = checkpoint_managers.AnyPreservationPolicy(
             [checkpoint_managers.LatestN(n=1), BestOfRanked(n=keep_best)]
         )

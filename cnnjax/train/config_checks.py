@@ -12,8 +12,10 @@ import ml_collections
 
 from cnnjax.config_values import check_choice, check_fraction, check_positive
 from cnnjax.data.config_checks import validate_data_config
+from cnnjax.data.sources import default_data_dir
 from cnnjax.data.tasks import TASKS
 from cnnjax.errors import UserError
+from cnnjax.files import refuse_object_store
 from cnnjax.models import registry
 from cnnjax.models.config_checks import validate_model_config
 from cnnjax.train.optim import validate_optimizer_config
@@ -37,6 +39,7 @@ def validate_config(
         _check_batching(config)
     else:
         validate_data_config(config)
+        _check_data_on_disk(config)
     if not custom_model:
         _check_model_matches_task(config)
     # The run's length first: the optimizer's warm-up is checked against it.
@@ -50,6 +53,22 @@ def validate_config(
     check_positive(parallel.num_devices, "parallel.num_devices", allow_zero=True)
     check_choice("parallel.step", parallel.step, PARALLEL_STEPS)
     check_choice("parallel.batch_norm", parallel.batch_norm, ("sync", "ghost"))
+
+
+def _check_data_on_disk(config: ml_collections.ConfigDict) -> None:
+    """Datasets are prepared and read under file locks, which an object store (gs://) lacks (a
+    workdir there is fine: cnnjax/files.py)."""
+    folders = {
+        "data.data_dir": config.data.get("data_dir") or default_data_dir(),
+        "data.image_folder": config.data.get("image_folder") or "",
+    }
+    for key, folder in folders.items():
+        refuse_object_store(
+            folder,
+            f"config.{key}={folder}: preparing a dataset",
+            "copy the prepared dataset to a local disk (e.g. gcloud storage cp -r) and give that "
+            "folder (cnnjax reads datasets from local disks only; workdirs may be on gs://)",
+        )
 
 
 def _check_batching(config: ml_collections.ConfigDict) -> None:

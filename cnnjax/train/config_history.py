@@ -14,9 +14,11 @@ import json
 import os
 
 import ml_collections
+from etils import epath
 
 from cnnjax.config_base import flatten, get_base_config
 from cnnjax.errors import UserError
+from cnnjax.files import read_text
 from cnnjax.train.workdir import write_atomically
 
 CONFIG_FILE = "config.json"
@@ -30,6 +32,7 @@ OPERATIONAL_KEYS = frozenset(
         "data.source_dir",
         "data.download",
         "data.workers",
+        "data.worker_processes",
         "data.eval_batch_size",
         "train.log_every_steps",
         "train.eval_every_epochs",
@@ -53,11 +56,11 @@ def read_saved(workdir: str) -> dict | None:
     """The flattened config.json of the run in `workdir`, with keys added to cnnjax since then at
     their defaults; None when there is none."""
     path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
-        return None
     try:
-        with open(path) as f:
-            saved = json.load(f)
+        text = read_text(path)
+        if text is None:
+            return None
+        saved = json.loads(text)
     except (OSError, ValueError) as error:
         raise UserError(
             f"cannot read {path} ({type(error).__name__}): restore it from "
@@ -104,21 +107,19 @@ def record(
     """Writes config.json; when a resume at `step` changed it, first keeps the old one as
     config_history/step_<step>.json and appends the differences to changes.jsonl."""
     path = os.path.join(workdir, CONFIG_FILE)
-    if changes and os.path.exists(path):
+    previous = read_text(path) if changes else None
+    if previous is not None:
         history = os.path.join(workdir, HISTORY_DIR)
-        os.makedirs(history, exist_ok=True)
-        with open(path) as f:
-            write_atomically(os.path.join(history, f"step_{step}.json"), f.read())
+        epath.Path(history).mkdir(parents=True, exist_ok=True)
+        write_atomically(os.path.join(history, f"step_{step}.json"), previous)
         line = json.dumps({"step": step, "changes": {k: list(v) for k, v in changes.items()}})
-        with open(os.path.join(history, CHANGES_FILE), "a") as f:
-            f.write(line + "\n")
+        # Rewritten whole, not appended: an object store (gs://) has no append.
+        changes_path = os.path.join(history, CHANGES_FILE)
+        write_atomically(changes_path, (read_text(changes_path) or "") + line + "\n")
     write_atomically(path, config_json(config))
 
 
 def accepted_changes(workdir: str) -> list[dict]:
     """Every change accepted over the run's life, oldest first."""
-    path = os.path.join(workdir, HISTORY_DIR, CHANGES_FILE)
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    text = read_text(os.path.join(workdir, HISTORY_DIR, CHANGES_FILE))
+    return [json.loads(line) for line in (text or "").splitlines() if line.strip()]

@@ -14,13 +14,15 @@ a dense task's test split exceed.
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterator
+import inspect
+from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from cnnjax import parallel
+from cnnjax.data.normalization import model_inputs
 from cnnjax.train.state import TrainState
 from cnnjax.train.steps import StepOptions, cast_floats, model_variables
 
@@ -61,7 +63,8 @@ def eval_step(
     labels = batch["label"]  # [B] or [B, H, W]
     mask = jnp.broadcast_to(batch["mask"].reshape(-1, *([1] * (labels.ndim - 1))), labels.shape)
     # One row per counted unit (example or pixel): logits [N, K], labels and counted [N].
-    logits = _logits(state, batch["image"], options.dtype, use_ema).reshape(-1, num_classes)
+    images = model_inputs(batch["image"], options.normalization)  # uint8 -> float32 here
+    logits = _logits(state, images, options.dtype, use_ema).reshape(-1, num_classes)
     labels, counted = labels.reshape(-1), (mask.reshape(-1) > 0).astype(jnp.int32)
     # `where`, not a product: padding must add nothing even if its logits are not finite.
     masked = lambda values: jnp.where(counted > 0, values, 0)  # noqa: E731
@@ -107,16 +110,21 @@ def add_sums(total: Sums | None, new: Sums) -> Sums:
     return new if total is None else jax.tree.map(jnp.add, total, new)
 
 
-def device_prefetch(batches: Iterator[dict], size: int = 2, mesh=None) -> Iterator[dict]:
+def device_prefetch(
+    batches: Iterator[dict], size: int = 2, mesh=None, global_rows: int | None = None
+) -> Iterator[dict]:
     """Keeps `size` batches in flight to the devices (split over `mesh` when given; evaluation
     batches, which carry a 'mask', padded to a multiple of its devices); transfers are
-    asynchronous."""
+    asynchronous. With `global_rows`, each batch is this process's rows of a global batch of
+    `global_rows` (`parallel.shard_batch`), already padded."""
     queue = collections.deque()
     for batch in batches:
-        if mesh is not None and "mask" in batch:
+        if mesh is not None and "mask" in batch and global_rows is None:
             batch = parallel.pad_to_devices(batch, mesh)
         queue.append(
-            parallel.shard_batch(batch, mesh) if mesh is not None else jax.device_put(batch)
+            parallel.shard_batch(batch, mesh, global_rows)
+            if mesh is not None
+            else jax.device_put(batch)
         )
         if len(queue) > size:
             yield queue.popleft()
@@ -124,10 +132,50 @@ def device_prefetch(batches: Iterator[dict], size: int = 2, mesh=None) -> Iterat
         yield queue.popleft()
 
 
-def evaluation_sums(eval_fn, state: TrainState, batches: Iterator[dict], mesh=None) -> dict:
-    """The totals of `eval_fn(state, batch)` sums over every batch, as numpy on the host."""
+def device_batches(
+    make_batches: Callable[..., Iterator[dict]], batch_size: int | None, mesh=None
+) -> Iterator[dict]:
+    """The batches of `make_batches()` (an input's `train_batches` with its start step bound,
+    or its `eval_batches`) on the devices of `mesh`.
+
+    On many processes, when `batch_size` (the global one) is known and `make_batches` takes
+    `rows`, each process makes only the rows of its own devices (`parallel.local_batch_rows`):
+    no host reads or decodes the examples of another host's devices. Otherwise every process
+    makes the whole batch and hands over its own rows.
+    """
+    if (
+        mesh is None
+        or jax.process_count() == 1
+        or batch_size is None
+        or not _takes_rows(make_batches)
+    ):
+        return device_prefetch(make_batches(), mesh=mesh)
+    rows, global_rows = parallel.local_batch_rows(batch_size, mesh)
+    return device_prefetch(make_batches(rows=rows), mesh=mesh, global_rows=global_rows)
+
+
+def _takes_rows(make_batches) -> bool:
+    try:
+        return "rows" in inspect.signature(make_batches).parameters
+    except (TypeError, ValueError):  # no signature to read: the whole batch
+        return False
+
+
+def evaluation_sums(
+    eval_fn, state: TrainState, batches, mesh=None, *, batch_size: int | None = None
+) -> dict:
+    """The totals of `eval_fn(state, batch)` sums over every batch, as numpy on the host.
+
+    `batches`: an iterator of (global) evaluation batches, or an input's `eval_batches` itself
+    with the global `batch_size`, so that on many processes each makes only its own rows
+    (`device_batches`). The sums come out global either way: the step's output is replicated.
+    """
+    if callable(batches):
+        on_devices = device_batches(batches, batch_size, mesh)
+    else:
+        on_devices = device_prefetch(batches, mesh=mesh)
     sums = None
-    for batch in device_prefetch(batches, mesh=mesh):
+    for batch in on_devices:
         sums = add_sums(sums, eval_fn(state, batch))
     if sums is None:
         raise ValueError("no evaluation batch: the evaluation split is empty")

@@ -11,15 +11,16 @@ the model's `layer_options.frozen_batch_norm`, set by `cnnjax.train.run.layer_op
 
 from __future__ import annotations
 
-import os
 import re
 
 import jax
 import ml_collections
 import numpy as np
 import optax
+from etils import epath
 
 from cnnjax.errors import UserError
+from cnnjax.files import resolve
 from cnnjax.train.checkpoints import RunCheckpoints
 
 FROZEN = "frozen"
@@ -94,7 +95,7 @@ def wrap_optimizer(
 
 def read_pretrained(workdir: str, checkpoint: str) -> tuple[dict, int]:
     """The saved state tree (params, batch_stats, ...) of `workdir`'s checkpoint, as numpy."""
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    if not epath.Path(workdir, "checkpoints").is_dir():
         raise UserError(
             f"config.init_from={workdir!r} holds no checkpoints: give the --workdir of a "
             "finished `cnnjax train` run"
@@ -129,7 +130,7 @@ def merge_pretrained(fresh, saved, reinit: re.Pattern | None) -> tuple[object, l
 
 def initialize_from(state, config: ml_collections.ConfigDict) -> tuple[object, str]:
     """`state` with the weights of `config.init_from`; returns it and a one-line report."""
-    source = os.path.abspath(config.init_from)
+    source = resolve(config.init_from)  # a local path or a URL (gs://...)
     saved, step = read_pretrained(source, config.finetune.checkpoint)
     reinit = _compile(config.finetune.reinit, "reinit")
     params, fresh = merge_pretrained(jax.device_get(state.params), saved.get("params", {}), reinit)

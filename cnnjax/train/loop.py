@@ -34,7 +34,6 @@ from cnnjax.train import config_history, finetune, steps
 from cnnjax.train import workdir as workdirs
 from cnnjax.train.checkpoints import RunCheckpoints, model_signature, write_failure
 from cnnjax.train.config_checks import validate_config
-from cnnjax.train.evaluation import device_prefetch
 from cnnjax.train.interrupts import StopRequests
 from cnnjax.train.progress import MetricSums, RunRecord, Throughput, on_host
 from cnnjax.train.run import (
@@ -43,12 +42,14 @@ from cnnjax.train.run import (
     Schedule,
     build_model,
     evaluate_test,
+    examples_decoded_per_process,
     make_run_optimizer,
     make_steps,
     resolve_backend_choices,
     schedule_of,
     state_extras,
     step_options,
+    train_device_batches,
 )
 from cnnjax.train.run_record import environment
 from cnnjax.train.state import TrainState, abstract_train_state, count_params, create_train_state
@@ -152,7 +153,7 @@ def _train_and_evaluate(config, workdir, model, data, allow_config_change, wall_
             state, record = _initialize(config, model, tx, data, mesh, is_main), RunRecord()
 
         compiled = make_steps(
-            step_options(config, data.num_classes),
+            step_options(config, data.num_classes, getattr(data, "normalization", None)),
             mesh=mesh,
             parallel_step=config.parallel.step,
             batch_norm=config.parallel.batch_norm,
@@ -212,7 +213,7 @@ def train_loop(loop: Loop, state: TrainState, record: RunRecord) -> tuple[TrainS
     start = int(state.step)
     sums = MetricSums.resumed(record)
     throughput = Throughput(loop.config.data.batch_size)
-    batches = device_prefetch(loop.data.train_batches(start), mesh=loop.mesh)
+    batches = train_device_batches(loop.data, start, loop.config.data.batch_size, loop.mesh)
     progress = tqdm(
         total=schedule.total_steps,
         initial=start,
@@ -373,6 +374,7 @@ def _results(loop: Loop, state, record: RunRecord, start: int, wall_seconds: flo
         "compile_seconds": record.compile_seconds,
         "num_devices": int(loop.mesh.devices.size),
         "num_processes": jax.process_count(),
+        "examples_decoded_per_process": examples_decoded_per_process(loop.data),
         "compute_dtype": config.train.compute_dtype,
         **environment(),
     }

@@ -17,6 +17,7 @@ import optax
 
 from cnnjax import models, parallel
 from cnnjax.data.inputs import TrainingData
+from cnnjax.data.normalization import Normalization
 from cnnjax.errors import UserError
 from cnnjax.models.layers import LayerOptions
 from cnnjax.train import evaluation, finetune, steps
@@ -110,8 +111,11 @@ def make_run_optimizer(
     return finetune.wrap_optimizer(tx, config.finetune)
 
 
-def step_options(config: ml_collections.ConfigDict, num_classes: int) -> StepOptions:
-    """The train and evaluation steps' options of `config`."""
+def step_options(
+    config: ml_collections.ConfigDict, num_classes: int, normalization: Normalization | None = None
+) -> StepOptions:
+    """The train and evaluation steps' options of `config`, with the input's `normalization`
+    of its uint8 images (None: the input's images are floats already)."""
     return StepOptions(
         num_classes=num_classes,
         label_smoothing=config.optimizer.label_smoothing,
@@ -119,6 +123,7 @@ def step_options(config: ml_collections.ConfigDict, num_classes: int) -> StepOpt
         grad_accum_steps=config.train.grad_accum_steps,
         ema_decay=config.train.ema_decay,
         loss_scale_period=config.train.get("loss_scale_period", 2000),
+        normalization=normalization,
     )
 
 
@@ -188,10 +193,36 @@ def evaluate_test(
 ) -> dict[str, float]:
     """Loss and accuracy (mean IoU for dense tasks; `ema_` ones for the EMA weights) over every
     example of the evaluation split."""
-    sums = evaluation.evaluation_sums(compiled.evaluate, state, data.eval_batches(), mesh)
+    # On many hosts each process decodes only its own rows of each evaluation batch.
+    sums_of = functools.partial(
+        evaluation.evaluation_sums,
+        batches=data.eval_batches,
+        mesh=mesh,
+        batch_size=getattr(data, "eval_batch_size", None),
+    )
+    sums = sums_of(compiled.evaluate, state)
     results = evaluation.loss_and_accuracy(sums, with_mean_iou=with_mean_iou)
     if compiled.evaluate_ema is not None:
-        ema = evaluation.evaluation_sums(compiled.evaluate_ema, state, data.eval_batches(), mesh)
+        ema = sums_of(compiled.evaluate_ema, state)
         ema_results = evaluation.loss_and_accuracy(ema, with_mean_iou=with_mean_iou)
         results.update({f"ema_{k}": v for k, v in ema_results.items()})
     return results
+
+
+def train_device_batches(data: TrainingData, start_step: int, batch_size: int, mesh):
+    """The training batches from `start_step` on, on the devices of `mesh`; on many hosts each
+    process reads only its own rows of each global batch of `batch_size`."""
+    return evaluation.device_batches(
+        functools.partial(data.train_batches, start_step), batch_size, mesh
+    )
+
+
+def examples_decoded_per_process(data: TrainingData) -> list[dict[str, int]] | None:
+    """The examples each process read (decoded) for the devices, per split, in process order:
+    [{"train": n, "eval": m}, ...] (None for an input that does not count them). On many
+    processes every one of them must call it at the same point."""
+    counts = getattr(data, "examples_decoded", None)
+    if counts is None:
+        return None
+    gathered = parallel.gather_from_processes([counts["train"], counts["eval"]])
+    return [{"train": train, "eval": evaluated} for train, evaluated in gathered]

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from cnnjax.data.normalization import Normalization, model_inputs
 from cnnjax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -31,7 +32,9 @@ class StepOptions:
     `compute_dtype`: "float32", or e.g. "bfloat16" for mixed precision (parameters and images
     cast for the forward and backward passes; master weights stay float32);
     `grad_accum_steps`: micro-batches per step; `ema_decay`: 0, or the decay of `ema_params`;
-    `loss_scale_period`: float16 only, finite steps after which the loss scale doubles.
+    `loss_scale_period`: float16 only, finite steps after which the loss scale doubles;
+    `normalization`: how uint8 images become float32 inputs, on the device (the input's
+    `normalization`); None when the batches' images are floats already.
     """
 
     num_classes: int
@@ -40,6 +43,7 @@ class StepOptions:
     grad_accum_steps: int = 1
     ema_decay: float = 0.0
     loss_scale_period: int = 2000
+    normalization: Normalization | None = None
 
     @property
     def dtype(self):
@@ -165,7 +169,9 @@ def accumulated_gradients(state: TrainState, batch: Batch, dropout_key, options:
     """`gradients` over `options.grad_accum_steps` (k) equal slices of `batch`, averaged: the
     same update as one step on the whole batch for models without batch statistics, in 1/k of
     the activation memory. Batch statistics are updated slice after slice (as k smaller steps
-    would), and each slice draws its own dropout key."""
+    would), and each slice draws its own dropout key. uint8 images are normalized first
+    (`options.normalization`)."""
+    batch = {**batch, "image": model_inputs(batch["image"], options.normalization)}
     micro_batches = options.grad_accum_steps
     if micro_batches == 1:
         return gradients(state, state.params, state.batch_stats, batch, dropout_key, options)

@@ -21,6 +21,7 @@ from cnnjax import parallel
 from cnnjax.config_base import get_base_config
 from cnnjax.data.inputs import RunInput, TrainingSplitStats, make_input
 from cnnjax.errors import UserError
+from cnnjax.files import read_text, resolve
 from cnnjax.train.checkpoints import RunCheckpoints, model_signature
 from cnnjax.train.config_checks import validate_config
 from cnnjax.train.evaluation import evaluation_sums, summarize_evaluation
@@ -42,15 +43,15 @@ def read_run_config(workdir: str) -> ml_collections.ConfigDict:
     """The config a run in `workdir` was trained with; keys added to the framework since then
     take their defaults (so old workdirs stay readable)."""
     path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
+    try:
+        text = read_text(path)
+        saved = None if text is None else json.loads(text)
+    except Exception as error:  # noqa: BLE001 (an object store's errors are not all OSErrors)
+        raise UserError(f"cannot read {path} ({type(error).__name__}: {error})") from None
+    if saved is None:
         raise UserError(
             f"{workdir} holds no {CONFIG_FILE}: give the --workdir of a `cnnjax train` run"
         )
-    try:
-        with open(path) as f:
-            saved = json.load(f)
-    except (OSError, json.JSONDecodeError) as error:
-        raise UserError(f"cannot read {path} ({type(error).__name__}: {error})") from None
     config = ml_collections.ConfigDict(saved)
     _add_missing(config, get_base_config())
     return config
@@ -87,13 +88,21 @@ class TrainedRun:
         """The evaluator's sums (the training loop's) over every example of the evaluation
         split, on the host; `use_ema` evaluates the moving average of the weights."""
         compiled = make_steps(
-            step_options(self.config, self.input.num_classes), mesh=self.mesh, parallel_step="jit"
+            step_options(self.config, self.input.num_classes, self.input.normalization),
+            mesh=self.mesh,
+            parallel_step="jit",
         )
         if use_ema and compiled.evaluate_ema is None:
             raise UserError("this run kept no moving average of its weights (train.ema_decay=0)")
         step = compiled.evaluate_ema if use_ema else compiled.evaluate
         try:
-            return evaluation_sums(step, self.state, self.input.eval_batches(), self.mesh)
+            return evaluation_sums(
+                step,
+                self.state,
+                self.input.eval_batches,
+                self.mesh,
+                batch_size=self.input.eval_batch_size,
+            )
         except ValueError:
             split = self.config.data.eval_split
             raise UserError(f"split {split!r} has no examples: check the split") from None
@@ -115,11 +124,10 @@ class TrainedRun:
 
 
 def _read_train_stats(workdir: str) -> TrainingSplitStats | None:
-    path = os.path.join(workdir, TRAIN_STATS_FILE)
-    if not os.path.exists(path):
+    text = read_text(os.path.join(workdir, TRAIN_STATS_FILE))
+    if text is None:
         return None  # a run of an earlier cnnjax: the training split gives them again
-    with open(path) as f:
-        return TrainingSplitStats.from_json(json.load(f))
+    return TrainingSplitStats.from_json(json.loads(text))
 
 
 def load_trained_run(
@@ -130,7 +138,7 @@ def load_trained_run(
     `config` replaces the saved config (e.g. to evaluate on another split); by default the run's
     own `config.json` is used.
     """
-    workdir = os.path.abspath(workdir)
+    workdir = resolve(workdir)  # a local path or a URL (gs://...)
     config = config or read_run_config(workdir)
     validate_config(config)
     checkpoints = RunCheckpoints(

@@ -3,7 +3,9 @@ train` at a time, and written atomically so that a crash or a full disk never le
 
 The lock is an exclusive `flock` on `<workdir>/.train.lock`, which the kernel drops when the
 holding process ends however it ends (kill -9 included): a stale lock file never blocks. The file
-names the holder (pid, host, start time) for the message the next process prints.
+names the holder (pid, host, start time) for the message the next process prints. A workdir on
+an object store (gs://bucket/run) has no flock: there the lock is a lease that its holder renews
+(cnnjax/train/remote_lock.py).
 """
 
 from __future__ import annotations
@@ -16,13 +18,25 @@ import os
 import socket
 from collections.abc import Iterator
 
+from etils import epath
+
 from cnnjax.errors import UserError
-from cnnjax.files import strict_json, write_atomically, write_failure, write_json
+from cnnjax.files import (
+    forget_listings,
+    is_remote,
+    resolve,
+    strict_json,
+    write_atomically,
+    write_failure,
+    write_json,
+)
+from cnnjax.train import remote_lock
 
 __all__ = ["strict_json", "write_atomically", "write_failure", "write_json"]
 
 LOCK_FILE = ".train.lock"
 CHECKPOINT_DIR = "checkpoints"
+COMMIT_FILE = "commit_success.txt"  # Orbax's mark of a finished save on an object store
 # Workdirs whose lock this process holds, with a count: `cnnjax train` takes the lock before
 # its heavy imports and train_and_evaluate takes it again (a second flock would block).
 _HELD: dict[str, int] = {}
@@ -31,6 +45,12 @@ _HELD: dict[str, int] = {}
 def make_workdir(workdir: str) -> None:
     """Creates `workdir` (and its parents); a path that is a file or cannot be created is one
     line."""
+    if is_remote(workdir):  # an object store has no folders to make: only its bucket must exist
+        try:
+            epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+        except Exception as error:  # noqa: BLE001 (network and HTTP errors are not OSErrors)
+            raise write_failure("the workdir", workdir, error, "rerun the command") from None
+        return
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise UserError(f"--workdir={workdir} is a file, not a folder: give a folder path")
     try:
@@ -45,24 +65,32 @@ def make_workdir(workdir: str) -> None:
 
 def ensure_writable(folder: str, what: str) -> None:
     """Fails with one line, before any work, when `folder` cannot take new files."""
-    probe = os.path.join(folder, f".cnnjax-write-check-{os.getpid()}")
+    probe = epath.Path(folder) / f".cnnjax-write-check-{os.getpid()}"
     try:
-        open(probe, "w").close()  # noqa: SIM115 (created and closed at once)
-        os.remove(probe)
-    except OSError as error:
+        probe.write_text("")
+        probe.unlink()
+    except Exception as error:  # noqa: BLE001 (an object store's errors are not all OSErrors)
         raise write_failure(what, folder, error, "rerun the command") from None
 
 
 @contextlib.contextmanager
 def hold(workdir: str) -> Iterator[None]:
     """Holds the workdir's lock for the block; another holder is one line naming it."""
-    key = os.path.realpath(workdir)
+    key = resolve(workdir) if is_remote(workdir) else os.path.realpath(workdir)
     if key in _HELD:
         _HELD[key] += 1
         try:
             yield
         finally:
             _HELD[key] -= 1
+        return
+    if is_remote(workdir):
+        with remote_lock.hold(workdir, LOCK_FILE):
+            _HELD[key] = 1
+            try:
+                yield
+            finally:
+                del _HELD[key]
         return
     path = os.path.join(workdir, LOCK_FILE)
     handle = _lock(path, workdir)
@@ -123,8 +151,13 @@ def _describe(text: str) -> str:
 
 def finished_checkpoint_steps(workdir: str) -> list[int]:
     """Steps whose checkpoint folder is complete (Orbax renames a step's temporary folder to
-    its number when the save commits), read from the folder names without opening Orbax."""
-    folder = os.path.join(workdir, CHECKPOINT_DIR)
-    if not os.path.isdir(folder):
+    its number when the save commits), read from the folder names without opening Orbax. On an
+    object store Orbax writes into the numbered folder and marks the end with a commit file."""
+    folder = epath.Path(workdir) / CHECKPOINT_DIR
+    forget_listings(str(folder))
+    if not folder.is_dir():
         return []
-    return sorted(int(name) for name in os.listdir(folder) if name.isdigit())
+    steps = sorted(int(path.name) for path in folder.iterdir() if path.name.isdigit())
+    if is_remote(workdir):
+        steps = [s for s in steps if (folder / str(s) / COMMIT_FILE).exists()]
+    return steps
