@@ -19,15 +19,8 @@ def _split(n=100, size=8, seed=0):
 
 
 def _batches(split, start_step, count, seed=0, augment=AUGMENT, batch_size=16):
-    mean, std = channel_stats(split.images)
     batches = TrainBatches(
-        split,
-        batch_size=batch_size,
-        seed=seed,
-        augment=augment,
-        mean=mean,
-        std=std,
-        start_step=start_step,
+        split, batch_size=batch_size, seed=seed, augment=augment, start_step=start_step
     )
     iterator = iter(batches)
     return [next(iterator) for _ in range(count)]
@@ -51,14 +44,7 @@ def test_seeds_and_epochs_change_the_order():
 
 def test_each_epoch_visits_distinct_examples_and_drops_the_remainder():
     split = Split(np.zeros((100, 2, 2, 1), np.uint8), np.arange(100, dtype=np.int32), 100)
-    batches = TrainBatches(
-        split,
-        batch_size=16,
-        seed=3,
-        augment=AugmentConfig(normalize=False),
-        mean=np.zeros(1, np.float32),
-        std=np.ones(1, np.float32),
-    )
+    batches = TrainBatches(split, batch_size=16, seed=3, augment=AugmentConfig(normalize=False))
     assert batches.steps_per_epoch == 6
     for epoch in range(2):
         seen = np.concatenate([batches.batch_at(epoch * 6 + i)["label"] for i in range(6)])
@@ -95,8 +81,7 @@ def test_random_flip_mirrors_exactly_the_flipped_images():
 
 def test_eval_covers_the_whole_split_once_with_a_mask():
     split = _split(n=10)
-    mean, std = channel_stats(split.images)
-    batches = list(eval_batches(split, batch_size=4, augment=AUGMENT, mean=mean, std=std))
+    batches = list(eval_batches(split, batch_size=4, augment=AUGMENT))
     assert len(batches) == 3 and all(b["image"].shape == (4, 8, 8, 1) for b in batches)
     np.testing.assert_array_equal(batches[-1]["mask"], [1, 1, 0, 0])
     labels = np.concatenate([b["label"][b["mask"] == 1] for b in batches])
@@ -117,8 +102,7 @@ def test_normalization_standardizes_the_training_split():
 
 def test_errors_in_the_background_thread_reach_the_consumer(monkeypatch):
     split = _split()
-    mean, std = channel_stats(split.images)
-    batches = TrainBatches(split, batch_size=16, seed=0, augment=AUGMENT, mean=mean, std=std)
+    batches = TrainBatches(split, batch_size=16, seed=0, augment=AUGMENT)
 
     def broken(step):
         raise RuntimeError(f"corrupt record at step {step}")
@@ -130,10 +114,7 @@ def test_errors_in_the_background_thread_reach_the_consumer(monkeypatch):
 
 def test_pipeline_is_far_faster_than_training():
     split = _split(n=5000, size=28)
-    mean, std = channel_stats(split.images)
-    iterator = iter(
-        TrainBatches(split, batch_size=256, seed=0, augment=AUGMENT, mean=mean, std=std)
-    )
+    iterator = iter(TrainBatches(split, batch_size=256, seed=0, augment=AUGMENT))
     next(iterator)
     start = time.perf_counter()
     for _ in range(40):

@@ -92,8 +92,8 @@ class TrainBatches:
 
     The remainder of each epoch (N mod batch_size examples, different ones each epoch) is
     dropped so that every step has the same shape. Iterating starts at `start_step`. With
-    `rows`, each batch holds only those rows of the global batch of `batch_size`. `mean` and
-    `std` are not used (the steps normalize): accepted so that older callers keep working.
+    `rows`, each batch holds only those rows of the global batch of `batch_size`. Images stay
+    uint8: the steps normalize them on the device.
     """
 
     def __init__(
@@ -103,13 +103,10 @@ class TrainBatches:
         batch_size: int,
         seed: int,
         augment: AugmentConfig,
-        mean: np.ndarray | None = None,
-        std: np.ndarray | None = None,
         start_step: int = 0,
         prefetch: int = 3,
         rows: slice | None = None,
     ):
-        del mean, std  # normalized on the device
         self.split, self.batch_size, self.seed = split, batch_size, seed
         self.augment, self.rows = augment, rows or slice(0, batch_size)
         self.start_step, self.prefetch = start_step, prefetch
