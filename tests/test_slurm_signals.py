@@ -55,7 +55,7 @@ def _catches(pid: int, number: int) -> bool:
 
 
 def _wait_for(predicate, what: str, timeout: float = 60.0) -> None:
-    # Only a bound on a hang: under the full suite on 2 busy cores, 10 s ran out once.
+    # Only a bound on a hang.
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
@@ -132,7 +132,15 @@ def test_sweep_task_passes_the_signal_on_waits_and_requeues(tmp_path, sig, code,
         SLURM_ARRAY_TASK_ID="1",
     )
     shell = subprocess.Popen(
-        ["bash", str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ["bash", str(script)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        # SLURM starts the batch shell with default signal handling; a test run started in the
+        # background (`pytest ... &`) inherits SIGINT ignored, and bash cannot trap a signal
+        # ignored at its start.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         if sig is not None:
