@@ -152,16 +152,6 @@ def synthetic_state(model, tx, image_shape: tuple[int, ...]):
     return jax.device_put(state)
 
 
-def sgd_momentum():
-    """SGD with momentum 0.9, lr 0.01: the optimizer of train_throughput.py and the twins."""
-    from cnnjax.config_base import get_base_config
-    from cnnjax.train.optim import make_optimizer
-
-    optimizer = get_base_config().optimizer
-    optimizer.name, optimizer.learning_rate, optimizer.momentum = "momentum", 0.01, 0.9
-    return make_optimizer(optimizer, steps_per_epoch=100, total_steps=10_000)
-
-
 def measure_jax(mode: Mode, model: str, dtype: str) -> dict:
     """Compile seconds and images/s of cnnjax's train step of `model` in `dtype`."""
     import jax
@@ -180,7 +170,7 @@ def measure_jax(mode: Mode, model: str, dtype: str) -> dict:
     net = models.create(
         model, num_classes=NUM_CLASSES, normalization=normalization, layer_options=plain
     )
-    state = synthetic_state(net, sgd_momentum(), shape)
+    state = synthetic_state(net, train_throughput.sgd_momentum(), shape)
     rng = np.random.default_rng(0)
     batch = jax.device_put(
         {
@@ -192,20 +182,10 @@ def measure_jax(mode: Mode, model: str, dtype: str) -> dict:
     start = time.perf_counter()
     step = train.lower(state, batch).compile(mode.compiler_options)
     compile_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    state, metrics = step(state, batch)
-    jax.block_until_ready(state)
-    first_step_seconds = time.perf_counter() - start
-    for _ in range(mode.warmup):
-        state, metrics = step(state, batch)
-    speeds, steps = [], mode.steps_per_window[model]
-    for _ in range(mode.windows):
-        jax.block_until_ready(state)
-        start = time.perf_counter()
-        for _ in range(steps):
-            state, metrics = step(state, batch)
-        jax.block_until_ready(state)
-        speeds.append(steps * batch_size / (time.perf_counter() - start))
+    steps = mode.steps_per_window[model]
+    first_step_seconds, speeds, _, metrics = train_throughput.timed_windows(
+        step, state, batch, windows=mode.windows, steps_per_window=steps, warmup=mode.warmup
+    )
     return {
         "batch_size": batch_size,
         "image_shape": list(shape),
@@ -272,6 +252,7 @@ def compare_with_cpu(mode: Mode, steps: int = 3) -> dict:
     default precision and at "highest" (in --cpu-smoke both runs are on the CPU: 0)."""
     import jax
     import numpy as np
+    import train_throughput
 
     import cnnjax
     from cnnjax.models.layers import LayerOptions
@@ -289,7 +270,7 @@ def compare_with_cpu(mode: Mode, steps: int = 3) -> dict:
         layer_options=plain,
     )
     with jax.default_device(cpu):
-        start = jax.device_get(synthetic_state(net, sgd_momentum(), (28, 28, 1)))
+        start = jax.device_get(synthetic_state(net, train_throughput.sgd_momentum(), (28, 28, 1)))
     rng = np.random.default_rng(0)
     size = mode.diff_batch_size
     batches = [

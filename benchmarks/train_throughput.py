@@ -43,6 +43,36 @@ def input_shape(name: str, image_size: int = 0) -> tuple[int, int, int]:
     return height, width, channels
 
 
+def sgd_momentum():
+    """SGD with momentum 0.9, lr 0.01: the optimizer of the PyTorch twins (torch_reference.py)."""
+    optimizer = get_base_config().optimizer
+    optimizer.name, optimizer.learning_rate, optimizer.momentum = "momentum", 0.01, 0.9
+    return make_optimizer(optimizer, steps_per_epoch=100, total_steps=10_000)
+
+
+def timed_windows(step, state, batch, *, windows: int, steps_per_window: int, warmup: int):
+    """Runs `step(state, batch)` once (compiling, timed alone), `warmup` more times, then
+    `windows` timed windows of `steps_per_window` steps; returns (first step seconds, images/s
+    of each window, the last state, the last metrics)."""
+    batch_size = len(batch["label"])
+    jax.block_until_ready(state)
+    start = time.perf_counter()
+    state, metrics = step(state, batch)
+    jax.block_until_ready(state)
+    first_step_seconds = time.perf_counter() - start
+    for _ in range(warmup):
+        state, metrics = step(state, batch)
+    speeds = []
+    for _ in range(windows):
+        jax.block_until_ready(state)
+        start = time.perf_counter()
+        for _ in range(steps_per_window):
+            state, metrics = step(state, batch)
+        jax.block_until_ready(state)
+        speeds.append(steps_per_window * batch_size / (time.perf_counter() - start))
+    return first_step_seconds, speeds, state, metrics
+
+
 def measure(
     name: str,
     batch_size: int,
@@ -55,9 +85,6 @@ def measure(
     seed: int = 0,
 ) -> dict:
     """First-step seconds and per-window images/s of `name`'s train step on one random batch."""
-    optimizer = get_base_config().optimizer
-    optimizer.name, optimizer.learning_rate, optimizer.momentum = "momentum", 0.01, 0.9
-    tx = make_optimizer(optimizer, steps_per_epoch=100, total_steps=10_000)
     fast = fast_paths.enabled_by_environment()
     options = {
         "num_classes": NUM_CLASSES,  # as the PyTorch twins (ResNet-18/50 default 1000)
@@ -66,7 +93,8 @@ def measure(
     if normalization:
         options["normalization"] = normalization
     shape = input_shape(name, image_size)
-    state = create_train_state(models.create(name, **options), tx, input_shape=shape, seed=seed)
+    model = models.create(name, **options)
+    state = create_train_state(model, sgd_momentum(), input_shape=shape, seed=seed)
     train_fn = make_steps(StepOptions(num_classes=NUM_CLASSES)).train
     rng = np.random.default_rng(seed)
     batch = jax.device_put(
@@ -75,21 +103,14 @@ def measure(
             "label": rng.integers(0, NUM_CLASSES, batch_size).astype(np.int32),
         }
     )
-    jax.block_until_ready(state)
-    start = time.perf_counter()
-    state, _ = train_fn(state, batch)
-    jax.block_until_ready(state)
-    first_step_seconds = time.perf_counter() - start
-    for _ in range(warmup if windows else 0):
-        state, _ = train_fn(state, batch)
-    speeds = []
-    for _ in range(windows):
-        jax.block_until_ready(state)
-        start = time.perf_counter()
-        for _ in range(steps_per_window):
-            state, _ = train_fn(state, batch)
-        jax.block_until_ready(state)
-        speeds.append(steps_per_window * batch_size / (time.perf_counter() - start))
+    first_step_seconds, speeds, _, _ = timed_windows(
+        train_fn,
+        state,
+        batch,
+        windows=windows,
+        steps_per_window=steps_per_window,
+        warmup=warmup if windows else 0,
+    )
     return {
         "model": name,
         "batch_size": batch_size,

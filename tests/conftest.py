@@ -158,6 +158,32 @@ def resume_config():
     return load_config(f"{RECIPE}:smoke", overrides)
 
 
+# results.json keys that describe an invocation (its speed, host, where it resumed, what it read),
+# not the trained model: left out when a resumed run is compared with one that never stopped.
+INVOCATION_KEYS = frozenset(
+    {
+        "wall_seconds",
+        "train_images_per_sec",
+        "compile_seconds",
+        "resumed_from_step",
+        "git_revision",
+        "host",
+        "examples_decoded_per_process",
+    }
+)
+
+
+def final_checkpoint_state(checkpoints: str):
+    """(step, state) of the latest checkpoint in the folder `checkpoints` (local or gs://),
+    restored as saved, without a target."""
+    import orbax.checkpoint as ocp
+
+    with ocp.CheckpointManager(checkpoints) as manager:
+        step = manager.latest_step()
+        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return step, state["state"]
+
+
 @pytest.fixture(scope="session")
 def reference_run(tmp_path_factory, data_dir):
     """A finished uninterrupted run of `resume_command`, trained in this process (the same

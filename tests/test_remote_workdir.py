@@ -20,25 +20,25 @@ import urllib.request
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
-from conftest import RECIPE, ROOT, TEST_DATA_DIR, resume_command, resume_config, run_cnnjax
+from conftest import (
+    INVOCATION_KEYS,
+    RECIPE,
+    ROOT,
+    TEST_DATA_DIR,
+    final_checkpoint_state,
+    resume_command,
+    resume_config,
+    run_cnnjax,
+)
 from etils import epath
 
 from cnnjax.errors import UserError
 from cnnjax.train import workdir as workdirs
 
 BUCKET = "bucket"
-VOLATILE = {
-    "wall_seconds",
-    "train_images_per_sec",
-    "compile_seconds",
-    "resumed_from_step",
-    "git_revision",
-    "host",
-    "config_changes",
-    "examples_decoded_per_process",  # the killed run's share is not in the resume's count
-}
+# And the config changes accepted at each resume: this run resumed, the reference did not.
+VOLATILE = INVOCATION_KEYS | {"config_changes"}
 
 
 def _free_port() -> int:
@@ -103,13 +103,6 @@ def _read(path: str) -> bytes:
     return epath.Path(path).read_bytes()
 
 
-def _final_state(checkpoints: str):
-    with ocp.CheckpointManager(checkpoints) as manager:
-        step = manager.latest_step()
-        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    return step, state["state"]
-
-
 def _curves(text: str) -> list[dict]:
     rows = [json.loads(line) for line in text.splitlines()]
     return [{k: v for k, v in r.items() if k != "images_per_sec"} for r in rows]
@@ -169,8 +162,8 @@ def test_a_gcs_run_killed_and_rerun_equals_a_local_run_and_reads_back(gcs, refer
     # The resume's (a killed run's events since TensorBoard's last flush are lost, as on a disk).
     assert events and all(b"test/accuracy" in e.read_bytes() for e in events)
 
-    step_a, state_a = _final_state(str(reference_run / "checkpoints"))
-    step_b, state_b = _final_state(f"{run}/checkpoints")
+    step_a, state_a = final_checkpoint_state(str(reference_run / "checkpoints"))
+    step_b, state_b = final_checkpoint_state(f"{run}/checkpoints")
     assert step_a == step_b == expected["steps"]
     for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b), strict=True):
         np.testing.assert_array_equal(a, b)  # bitwise

@@ -17,30 +17,25 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
-from conftest import ROOT, TEST_DATA_DIR, resume_command, resume_config, signal_at_step
+from conftest import (
+    INVOCATION_KEYS,
+    ROOT,
+    TEST_DATA_DIR,
+    final_checkpoint_state,
+    resume_command,
+    resume_config,
+    signal_at_step,
+)
 
 from cnnjax.errors import TrainingInterrupted
 from cnnjax.train import train_and_evaluate
 
-# Facts of an invocation, not of the trained model.
-VOLATILE = {
-    "wall_seconds",
-    "train_images_per_sec",
-    "compile_seconds",
-    "resumed_from_step",
-    "git_revision",
-    "host",
-    "examples_decoded_per_process",  # what this invocation read: none for a finished run
-}
+VOLATILE = INVOCATION_KEYS
 
 
 def _final_params(workdir):
-    with ocp.CheckpointManager(os.path.join(workdir, "checkpoints")) as manager:
-        step = manager.latest_step()
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    return step, restored["state"]
+    return final_checkpoint_state(os.path.join(workdir, "checkpoints"))
 
 
 def _start(workdir, stderr=subprocess.DEVNULL) -> subprocess.Popen:
