@@ -57,9 +57,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.data.image_size = 224  # random-resized crops for training, center crops for eval
     config.data.image_folder = ml_collections.config_dict.placeholder(str)  # imagefolder: DIR
     config.data.workers = 8  # decoding threads (or processes)
-    # Training batches decoded by `workers` processes writing into shared memory instead of
-    # threads: the same bytes; no GIL ceiling on many-core hosts (threads topped out near 5.5k
-    # images/s on 16), a wash on 2 cores (benchmarks/README.md).
+    # Batches (training and evaluation) decoded by `workers` processes writing into shared
+    # memory, not threads: the same bytes; no GIL ceiling on many-core hosts (threads topped out
+    # near 5.5k images/s on 16), a wash on 2 cores (benchmarks/README.md).
     config.data.worker_processes = False
     # Decode a JPEG at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling) when the crop keeps at least
     # image_size pixels each way there: the same crops, pixels ~1 level (of 255) from a full

@@ -1,7 +1,8 @@
 """Two processes of one `--distributed` run on 127.0.0.1 (gloo): they train as one process does,
 and SIGTERM to each of them (as SLURM or a TPU preemption sends it, to each host at its own
 moment) makes all of them save the same step, after which the rerun ends exactly where the
-uninterrupted run does. Both tests compare with one uninterrupted two-process run."""
+uninterrupted run does. The first two tests compare with one uninterrupted two-process run on
+Fashion-MNIST (in memory); the last trains on an image folder (decoded per batch)."""
 
 import json
 import os
@@ -167,3 +168,49 @@ def test_sigterm_to_every_process_saves_one_step_and_the_rerun_is_exact(
     assert step_a == step_b == STEPS
     for a, b in zip(leaves_a, leaves_b, strict=True):
         np.testing.assert_array_equal(a, b)  # bitwise
+
+
+def test_two_processes_decode_their_halves_of_an_image_folder(tmp_path):
+    """The streaming input (JPEG and PNG files decoded per batch): each process decodes only its
+    half of every training and evaluation batch, here in a worker process of its own, and the
+    two end with the parameters of one process decoding whole batches in threads."""
+    from test_streaming_train import RECIPE as IMAGENET_RECIPE
+    from test_streaming_train import _folder
+
+    _folder(tmp_path / "images", {"train": 8, "val": 4}, seed=0)
+    overrides = {
+        "data.image_folder": str(tmp_path / "images"),
+        "model.name": "resnet20",  # as in test_streaming_train: quick to compile
+        "data.image_size": 32,
+        "train.steps": 6,  # 16 images in batches of 8: 3 epochs, evaluated after each
+    }
+    distributed_only = {"data.worker_processes": True, "data.workers": 1}
+    workdir = tmp_path / "distributed"
+    processes = start_distributed(
+        [
+            f"--config={IMAGENET_RECIPE}:dataset=imagefolder,smoke",
+            *(f"--config.{k}={v}" for k, v in {**overrides, **distributed_only}.items()),
+            f"--workdir={workdir}",
+        ],
+        13000 + (os.getpid() + 2) % 20000,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    config = load_config(f"{IMAGENET_RECIPE}:dataset=imagefolder,smoke", overrides)
+    single = train_and_evaluate(config, str(tmp_path / "single"))
+    outputs = _finish(processes)
+    assert [p.returncode for p in processes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    results = json.loads((workdir / "results.json").read_text())
+    assert (results["num_processes"], results["num_devices"]) == (2, 2)
+    [alone] = single.results["examples_decoded_per_process"]
+    assert alone["train"] >= 6 * 8 and alone["eval"] >= 8  # at least every step and one pass
+    half = {split: count // 2 for split, count in alone.items()}
+    assert results["examples_decoded_per_process"] == [half, half]
+    multi = load_trained_run(str(workdir), "latest")
+    expected, got = _flat_state(single.state.params), _flat_state(multi.state.params)
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        np.testing.assert_allclose(got[key], value, atol=1e-5, err_msg=key)
+    assert results["test_loss"] == pytest.approx(single.results["test_loss"], abs=1e-5)
+    assert results["test_accuracy"] == single.results["test_accuracy"]

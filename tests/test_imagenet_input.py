@@ -285,6 +285,16 @@ def test_eval_batches_cover_every_example_once_with_a_mask(image_folder):
         np.testing.assert_array_equal(part["image"][:2], batch["image"][2:])
         np.testing.assert_array_equal(part["mask"], np.concatenate([batch["mask"][2:], [0, 0]]))
     assert not np.concatenate([part["image"][2:] for part in tail]).any()
+    # Worker processes give the same batches, padding and masks, whole or in parts (rows 4-5 of
+    # a global batch of 4 are all padding: that process decodes nothing).
+    common = dict(batch_size=4, image_size=16, resize=18, workers=2, worker_processes=True)
+    for rows, expected in ((None, batches), (slice(2, 6), tail)):
+        got = list(eval_image_batches(source, rows=rows, **common))
+        for batch, reference in zip(got, expected, strict=True):
+            for key in ("image", "label", "mask"):
+                np.testing.assert_array_equal(batch[key], reference[key])
+    padding = list(eval_image_batches(source, rows=slice(4, 6), **common))
+    assert len(padding) == 4 and not any(b["mask"].any() or b["image"].any() for b in padding)
 
 
 WNIDS = ("n01440764", "n02102040", "n02979186")  # the first three Imagenette classes

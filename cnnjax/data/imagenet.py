@@ -163,6 +163,7 @@ def eval_image_batches(
     workers: int = 8,
     rows: slice | None = None,
     jpeg_draft: bool = True,
+    worker_processes: bool = False,
 ) -> Iterator[Batch]:
     """Every example of `source` once, in order, with the evaluation transform.
 
@@ -170,8 +171,14 @@ def eval_image_batches(
     'mask' float32 [B] (1 for real examples, 0 for padding), so jitted evaluation keeps one
     shape and counts every example once; with `rows` each batch holds (and decodes) only those
     rows of the global batch (rows past `batch_size` are padding too). Images stay uint8.
+    `worker_processes`: `workers` processes decode instead of threads, as in `ImageBatches`.
     """
     rows = rows or slice(0, batch_size)
+    if worker_processes:
+        yield from _eval_batches_in_processes(
+            source, batch_size, rows, DecodeSpec(image_size, False, 0, resize, jpeg_draft), workers
+        )
+        return
     pool = _thread_pool(workers)
 
     def fill(pending: _Pending, row: int, index: int) -> None:
@@ -193,6 +200,25 @@ def eval_image_batches(
         yield from _pipelined(submit, iter(range(0, len(source), batch_size)), ahead=2)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _eval_batches_in_processes(
+    source: ImageSource, batch_size: int, rows: slice, spec: DecodeSpec, workers: int
+) -> Iterator[Batch]:
+    """`eval_image_batches` decoded by `workers` processes (started here, stopped at the end)."""
+    local_rows = rows.stop - rows.start
+    decoder = DecodeProcesses(source, spec, processes=workers, rows=local_rows)
+
+    def submit(start: int) -> _ProcessPending:
+        # This process's real examples are a prefix of its rows: only the last batch is short.
+        first, end = start + rows.start, min(start + rows.stop, start + batch_size, len(source))
+        jobs = [(index, 0, index) for index in range(first, end)]
+        return _ProcessPending(decoder, jobs, padded_rows=local_rows)
+
+    try:
+        yield from _pipelined(submit, iter(range(0, len(source), batch_size)), ahead=2)
+    finally:
+        decoder.close()
 
 
 class _Pending:
@@ -222,16 +248,25 @@ def _read(source: ImageSource, index: int, transform) -> tuple[np.ndarray, int]:
 
 
 class _ProcessPending:
-    """A batch that worker processes are decoding into shared memory."""
+    """A batch that worker processes are decoding into shared memory; with `padded_rows`, an
+    evaluation batch: the decoded rows first, then zero rows up to `padded_rows`, and a mask."""
 
     futures = ()  # nothing to cancel: the processes finish their chunks
 
-    def __init__(self, decoder: DecodeProcesses, jobs: list):
-        self.decoder, self.submitted = decoder, decoder.submit(jobs)
+    def __init__(self, decoder: DecodeProcesses, jobs: list, padded_rows: int | None = None):
+        self.decoder, self.padded_rows = decoder, padded_rows
+        self.submitted = decoder.submit(jobs) if jobs else None
 
     def batch(self) -> Batch:
-        images, labels = self.decoder.collect(self.submitted)
-        return {"image": images, "label": labels}
+        if self.padded_rows is None:
+            images, labels = self.decoder.collect(self.submitted)
+            return {"image": images, "label": labels}
+        batch = _Pending.empty(self.padded_rows, self.decoder.spec.image_size, masked=True).batch
+        if self.submitted is not None:  # a process whose rows are all padding decodes nothing
+            images, labels = self.decoder.collect(self.submitted)
+            batch["image"][: len(labels)], batch["label"][: len(labels)] = images, labels
+            batch["mask"][: len(labels)] = 1.0
+        return batch
 
 
 def _collect(pending: _Pending | _ProcessPending) -> Batch:

@@ -215,6 +215,7 @@ class StreamingInput:
             workers=self.workers,
             rows=rows,
             jpeg_draft=self.jpeg_draft,
+            worker_processes=self.worker_processes,
         )
         return _counted(batches, self.examples_decoded, "eval")
 
