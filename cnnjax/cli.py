@@ -1,4 +1,5 @@
-"""The `cnnjax` command line: `cnnjax train|sweep|report|eval|visualize|gradcheck|summary|models`.
+"""The `cnnjax` command line: `cnnjax train|sweep|report|eval|visualize|predict|gradcheck|summary|
+models|import-weights|export-weights`.
 
     cnnjax train --config=configs/lenet5_fashion_mnist.py --workdir=runs/lenet5 \\
         [--config.optimizer.learning_rate=0.002] [--config=configs/x.py:smoke]
@@ -10,6 +11,9 @@
     cnnjax gradcheck --config=configs/lenet5_fashion_mnist.py
     cnnjax summary --config=configs/lenet5_fashion_mnist.py [--depth=2]
     cnnjax models [--json]
+    cnnjax import-weights --from=torchvision:resnet50 --file=resnet50.pth --workdir=runs/r50
+    cnnjax export-weights --workdir=runs/r50 --file=out.safetensors [--checkpoint=...]
+    cnnjax predict --workdir=runs/r50 --inputs=images.npy|FOLDER --output=logits.npy
 
 Problems the user can fix (bad flags, unknown names, missing data, an incompatible workdir)
 print one line on stderr and exit with status 2; nothing in the workdir is deleted.
@@ -82,7 +86,9 @@ _SLURM_SETUP = flags.DEFINE_string(
 )
 
 _CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", "best", "eval/visualize: best (by test accuracy), latest, or a step number."
+    "checkpoint",
+    "best",
+    "eval/visualize/predict/export-weights: best (by test accuracy), latest, or a step number.",
 )
 _SPLIT = flags.DEFINE_string("split", "", "eval: a TFDS split instead of the run's eval split.")
 _USE_EMA = flags.DEFINE_bool("use_ema", False, "eval: the EMA of the weights (train.ema_decay).")
@@ -92,9 +98,33 @@ _EXAMPLES = flags.DEFINE_integer("examples", 4, "gradcheck: training examples in
 _DIRECTIONS = flags.DEFINE_integer("directions", 4, "gradcheck: random directions checked.")
 _COORDINATES = flags.DEFINE_integer("coordinates", 8, "gradcheck: single parameters checked.")
 _DEPTH = flags.DEFINE_integer("depth", 0, "summary: fold modules deeper than this (0: all).")
+_FROM = flags.DEFINE_string(
+    "from", None, "import-weights: torchvision:ARCH or timm:ARCH, e.g. torchvision:resnet50."
+)
+_FILE = flags.DEFINE_string(
+    "file", None, "import-weights / export-weights: the .safetensors or .pth state dict."
+)
+_TO = flags.DEFINE_enum("to", "torchvision", ["torchvision"], "export-weights: the layout.")
+_INTERPOLATION = flags.DEFINE_enum(
+    "interpolation",
+    "bilinear",
+    ["bilinear", "bicubic"],
+    "import-weights: the resize of the weights' evaluation transform (timm's are often bicubic).",
+)
+_EVAL_RESIZE = flags.DEFINE_integer(
+    "eval_resize",
+    0,
+    "import-weights: shorter side before the center crop (0: the architecture's, 256 or 342).",
+)
+_INPUTS = flags.DEFINE_string(
+    "inputs", None, "predict: an .npy of preprocessed images [N, H, W, C], or a folder of images."
+)
+_OUTPUT = flags.DEFINE_string("output", None, "predict: where the logits go (.npy).")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "predict: images per batch.")
 
 USAGE = (
-    "usage: cnnjax {train,sweep,report,eval,visualize,gradcheck,summary,models} [flags]  "
+    "usage: cnnjax {train,sweep,report,eval,visualize,predict,gradcheck,summary,models,"
+    "import-weights,export-weights} [flags]  "
     "(cnnjax COMMAND --help for the flags)"
 )
 
@@ -300,6 +330,60 @@ def _summary(argv: list[str]) -> None:
     print(summary_from_config(config, depth=_DEPTH.value or None))
 
 
+def _import_weights(argv: list[str]) -> None:
+    del argv
+    if not (_FROM.value and _FILE.value and _WORKDIR.value):
+        _fail("import-weights", "--from=torchvision:ARCH --file=WEIGHTS --workdir=DIR are required")
+    from cnnjax.weights import import_weights
+
+    imported = import_weights(
+        _FROM.value,
+        _FILE.value,
+        files.resolve(_WORKDIR.value),
+        interpolation=_INTERPOLATION.value,
+        resize=_EVAL_RESIZE.value or None,
+    )
+    evaluation = imported["evaluation"]
+    print(
+        f"imported {imported['source']} ({imported['tensors']} tensors, "
+        f"{imported['num_classes']} classes) into {_WORKDIR.value} as model "
+        f"{imported['model']!r}; evaluation: shorter side {evaluation['resize']}, center crop "
+        f"{evaluation['crop']}, {evaluation['interpolation']}"
+    )
+
+
+def _export_weights(argv: list[str]) -> None:
+    del argv
+    workdir = _require_workdir("export-weights")
+    if not _FILE.value:
+        _fail("export-weights", "--file=OUT.safetensors (or OUT.pth) is required")
+    from cnnjax.weights import export_weights
+
+    count = export_weights(workdir, _FILE.value, checkpoint=_CHECKPOINT.value, target=_TO.value)
+    print(f"wrote {count} tensors in {_TO.value}'s layout to {_FILE.value}")
+
+
+def _predict(argv: list[str]) -> None:
+    del argv
+    workdir = _require_workdir("predict")
+    if not (_INPUTS.value and _OUTPUT.value):
+        _fail("predict", "--inputs=X.npy|FOLDER and --output=LOGITS.npy are required")
+    from cnnjax.inspect.predict import predict
+
+    summary = predict(
+        workdir,
+        _INPUTS.value,
+        _OUTPUT.value,
+        checkpoint=_CHECKPOINT.value,
+        batch_size=_BATCH_SIZE.value,
+        use_ema=_USE_EMA.value,
+    )
+    print(
+        f"logits [{summary['rows']}, {summary['classes']}] of step {summary['step']} written "
+        f"to {_OUTPUT.value}"
+    )
+
+
 COMMANDS = {
     "train": _train,
     "sweep": _sweep,
@@ -309,6 +393,9 @@ COMMANDS = {
     "gradcheck": _gradcheck,
     "summary": _summary,
     "models": _models,
+    "import-weights": _import_weights,
+    "export-weights": _export_weights,
+    "predict": _predict,
 }
 
 

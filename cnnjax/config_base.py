@@ -65,6 +65,14 @@ def get_base_config() -> ml_collections.ConfigDict:
     # image_size pixels each way there: the same crops, pixels ~1 level (of 255) from a full
     # decode on average; 1.5-2x less CPU on 1600x1200 photos, no change on 500x375 ones.
     config.data.jpeg_draft = True
+    # Evaluation resizes the shorter side to eval_resize, then crops image_size: 0 means
+    # round(image_size / 0.875) (256 for 224), the ResNet protocol; imported weights reach their
+    # published accuracy only with the resize they were evaluated with (torchvision's ResNet-50
+    # V2: 232; Inception v3: 342 for 299), cnnjax.data.image_decoding.torchvision_eval_settings.
+    config.data.eval_resize = 0
+    # Pillow's filter for the training and evaluation resizes: "bilinear" or "bicubic" (what
+    # some torchvision and most timm weights were evaluated with).
+    config.data.interpolation = "bilinear"
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "adam"  # sgd, momentum, nesterov, adam, adamw, rmsprop

@@ -26,6 +26,9 @@ PARAMS = {
     "resnet50": 25_557_032,
     "resnet101": 44_549_160,
     "resnet152": 60_192_808,
+    # torchvision's wide ResNets: bottleneck inner widths doubled (width_per_group=128).
+    "wide_resnet50_2": 68_883_240,
+    "wide_resnet101_2": 126_886_696,
     # CIFAR ResNets with option-A shortcuts: the paper's 0.27M, 0.46M, 0.66M, 0.85M, 1.7M.
     "resnet20": 269_722,
     "resnet32": 464_154,
@@ -39,7 +42,14 @@ PARAMS = {
     "inception_v3": 23_834_568,  # torchvision's, without the auxiliary classifier
 }
 # Published multiply-accumulates at 224x224 (torchvision's GFLOPS column counts MACs).
-GMACS = {"alexnet": 0.714, "vgg16": 15.47, "resnet50": 4.09, "c3d": 38.5, "inception_v3": 5.71}
+GMACS = {
+    "alexnet": 0.714,
+    "vgg16": 15.47,
+    "resnet50": 4.09,
+    "wide_resnet50_2": 11.4,
+    "c3d": 38.5,
+    "inception_v3": 5.71,
+}
 
 
 @pytest.mark.parametrize("name", sorted(PARAMS))

@@ -4,7 +4,7 @@
     0  errors, fast_paths, metrics, parallel
     1  data, models, config_base, config_loader, config_values
     2  train
-    3  sweep, inspect
+    3  sweep, inspect, weights
     4  cli
 
 Every import counts, including those inside functions ("lazy" imports) and
@@ -38,6 +38,7 @@ LAYERS = {
     "cnnjax.train": 2,
     "cnnjax.sweep": 3,
     "cnnjax.inspect": 3,
+    "cnnjax.weights": 3,
     "cnnjax.cli": 4,
 }
 SCRIPTS = "launch"  # the folder of runnable scripts: nothing in cnnjax may import it

@@ -278,3 +278,63 @@ def test_zero_init_residual_is_in_the_resnet50_recipe_and_keeps_the_parameter_co
         )
         counts.append(sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes["params"])))
     assert counts == [25_557_032, 25_557_032]
+
+
+def test_conv_block_batch_norm_uses_its_epsilon():
+    epsilon = 0.25  # large, so that 1e-5 in its place would show
+    block = ConvBlock(2, 1, activation="identity", normalization="batch", norm_epsilon=epsilon)
+    x = np.arange(1.0, 9.0, dtype=np.float32).reshape(1, 2, 2, 2)  # [1, 2, 2, 2]
+    kernel = np.array([[1.0, 0.5], [0.0, 2.0]], np.float32)  # [C_in, C_out]
+    mean, var = np.array([1.0, -2.0]), np.array([0.5, 3.0])
+    scale, bias = np.array([2.0, 0.5]), np.array([0.1, -1.0])
+    norm = {"BatchNorm_0": {"scale": scale, "bias": bias}}
+    variables = {
+        "params": {"Conv_0": {"kernel": kernel[None, None]}, "Normalization_0": norm},
+        "batch_stats": {"Normalization_0": {"BatchNorm_0": {"mean": mean, "var": var}}},
+    }
+    out = block.apply(jax.tree.map(jnp.float32, variables), x, train=False)
+    expected = (x @ kernel - mean) / np.sqrt(var + epsilon) * scale + bias
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kind, axes", [("layer", (3,)), ("instance", (1, 2)), ("group", (1, 2, 3))]
+)
+def test_layer_instance_and_group_norms_use_their_epsilon(kind, axes):
+    epsilon = 0.25
+    layer = Normalization(kind, num_groups=1, epsilon=epsilon)  # group: one group of all channels
+    x = np.random.default_rng(0).normal(size=(2, 3, 3, 4)).astype(np.float32)
+    variables = layer.init(jax.random.key(0), x, train=False)  # scale 1, bias 0
+    mean, var = x.mean(axis=axes, keepdims=True), x.var(axis=axes, keepdims=True)
+    expected = (x - mean) / np.sqrt(var + epsilon)
+    np.testing.assert_allclose(layer.apply(variables, x, train=False), expected, atol=1e-5)
+
+
+def test_width_per_group_widens_only_the_bottleneck_inside():
+    from cnnjax.models.resnet import Bottleneck
+
+    block = Bottleneck(4, 2, "relu", "batch", width_per_group=128)
+    x = jnp.zeros((1, 8, 8, 6))
+    shapes = jax.eval_shape(functools.partial(block.init, train=False), jax.random.key(0), x)
+    kernels = [shapes["params"][f"ConvBlock_{i}"]["Conv_0"]["kernel"].shape for i in range(4)]
+    # reduce 6 -> 8 (4 * 128 / 64), 3x3 8 -> 8, expand 8 -> 16 (4 * 4), projection 6 -> 16.
+    assert kernels == [(1, 1, 6, 8), (3, 3, 8, 8), (1, 1, 8, 16), (1, 1, 6, 16)]
+
+
+def test_width_per_group_needs_bottleneck_blocks():
+    model = models.create("resnet18", width=4, width_per_group=128)
+    x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+    with pytest.raises(UserError, match="width_per_group=128 needs bottleneck blocks"):
+        jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
+
+
+def test_wide_resnet_names_are_imagenet_resnets_beside_the_cifar_wrns():
+    from cnnjax.models.registry import get_spec
+    from cnnjax.models.resnet import ResNet, WideResNet
+
+    for name, stages in (("wide_resnet50_2", (3, 4, 6, 3)), ("wide_resnet101_2", (3, 4, 23, 3))):
+        model = models.create(name)
+        assert get_spec(name).family is ResNet and models.default_input_shape(name) == (224, 224, 3)
+        assert (model.stage_sizes, model.bottleneck, model.width_per_group) == (stages, True, 128)
+    assert get_spec("wrn28_10").family is WideResNet
+    assert models.create("resnet50").width_per_group == 64  # the default stays ResNet-50's

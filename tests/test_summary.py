@@ -258,7 +258,7 @@ def test_upsampled_fields_match_the_pixels_read():
 # (whose concatenations the Inception-module test covers), run with `-m slow`.
 SLOW_TOTALS = {
     *("googlenet", "inception_v3", "resnet32", "resnet34", "resnet44", "resnet56", "resnet101"),
-    *("resnet110", "resnet152"),
+    *("resnet110", "resnet152", "wide_resnet50_2", "wide_resnet101_2"),
     *("wrn28_2", "wrn28_10", "wrn40_4", "vgg11_bn", "vgg13", "vgg13_bn", "vgg19", "vgg19_bn"),
 }
 

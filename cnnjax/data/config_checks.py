@@ -5,6 +5,7 @@ from __future__ import annotations
 import ml_collections
 
 from cnnjax.config_values import check_choice, check_positive
+from cnnjax.data.image_decoding import INTERPOLATIONS
 from cnnjax.data.inputs import STREAMING_DATASETS
 from cnnjax.data.sources import KNOWN_DATASETS
 from cnnjax.data.tasks import TASKS
@@ -20,6 +21,13 @@ def validate_data_config(config: ml_collections.ConfigDict) -> None:
         raise UserError(f"unknown dataset {data.name!r}: choose one of {', '.join(known)}")
     check_positive(data.image_size, "data.image_size")
     check_positive(data.workers, "data.workers")
+    resize = data.eval_resize
+    if not isinstance(resize, int) or (resize != 0 and resize < data.image_size):
+        raise UserError(
+            f"config.data.eval_resize must be 0 (image_size / 0.875) or an integer >= "
+            f"data.image_size={data.image_size} (got {resize}): set config.data.eval_resize=..."
+        )
+    check_choice("data.interpolation", data.interpolation, tuple(INTERPOLATIONS))
     check_choice("data task", data.task, TASKS)
     augment = data.augment
     check_positive(augment.upscale, "data.augment.upscale")

@@ -42,25 +42,27 @@ _CHUNKS_PER_WORKER = 4
 class DecodeSpec:
     """What each example's transform computes: `train` (random-resized crop and flip from the
     example's generator of `seed`) or evaluation (shorter side to `resize`, center crop), both to
-    `image_size`; `jpeg_draft` as in cnnjax/data/image_decoding.py."""
+    `image_size` with Pillow's `interpolation`; `jpeg_draft` as in
+    cnnjax/data/image_decoding.py."""
 
     image_size: int
     train: bool = True
     seed: int = 0
     resize: int = 256
     jpeg_draft: bool = True
+    interpolation: str = "bilinear"
 
 
 def decode_example(source: ImageSource, spec: DecodeSpec, job: Job) -> tuple[np.ndarray, int]:
     """Example `job` = (index, epoch, position) -> (uint8 [S, S, 3] pixels, label)."""
     index, epoch, position = job
     data, label = source.get(index)
+    common = dict(size=spec.image_size, draft=spec.jpeg_draft, interpolation=spec.interpolation)
     try:
         if spec.train:
-            rng = example_rng(spec.seed, epoch, position)
-            pixels = train_transform(data, rng, size=spec.image_size, draft=spec.jpeg_draft)
+            pixels = train_transform(data, example_rng(spec.seed, epoch, position), **common)
         else:
-            pixels = eval_transform(data, spec.image_size, spec.resize, draft=spec.jpeg_draft)
+            pixels = eval_transform(data, resize=spec.resize, **common)
     except (PIL.UnidentifiedImageError, OSError) as error:
         raise UserError(f"example {index} is not a readable image ({error}): replace it") from None
     return pixels, label

@@ -13,6 +13,11 @@ generator: the same on every run, thread and process.
 Typical ImageNet photos (about 500x375) never allow a reduced decode for 224-pixel outputs (1/2
 scale needs a crop of 448 pixels each way); larger ones do: 1.5x less CPU for training crops and
 2x for evaluation on 1600x1200 photos (benchmarks/image_decoding.py).
+
+With `draft=False` the evaluation transform is torchvision's (Resize of the shorter side, then
+CenterCrop, on an image decoded by Pillow) to the byte: `torchvision_eval_settings` gives the
+config that evaluates imported torchvision or timm weights as they were published
+(tests/test_torchvision_transform.py compares with torchvision itself).
 """
 
 from __future__ import annotations
@@ -26,11 +31,18 @@ import PIL.Image
 # Evaluation resizes the shorter side to size / 0.875 (256 for 224) before the center crop: the
 # standard ResNet/Inception protocol.
 EVAL_CROP_FRACTION = 0.875
+# Pillow's filters by config name (data.interpolation), named as torchvision's InterpolationMode
+# values. Pillow widens each filter by the downscaling factor (antialiasing); torchvision's Resize
+# of a PIL image is this same Pillow call. Some torchvision and most timm weights were evaluated
+# with bicubic.
+INTERPOLATIONS = {
+    "bilinear": PIL.Image.Resampling.BILINEAR,
+    "bicubic": PIL.Image.Resampling.BICUBIC,
+}
 # numpy pads seed sequences with zeros ([s, e] seeds like [s, e, 0]), so the per-example
 # augmentation seed ends with a stream number that no other seed of the data stage uses
 # (pipeline.TrainBatches uses 1 for its batch augmentation).
 _AUGMENT_STREAM = 2
-BILINEAR = PIL.Image.Resampling.BILINEAR
 
 
 def example_rng(seed: int, epoch: int, position: int) -> np.random.Generator:
@@ -80,10 +92,13 @@ def train_transform(
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
     flip: bool = True,
     draft: bool = True,
+    interpolation: str = "bilinear",
 ) -> np.ndarray:
-    """Encoded image -> random-resized crop, bilinear to size x size, random mirror: uint8
-    [size, size, 3]. `draft`: decode a JPEG at a reduced scale where the crop allows it.
+    """Encoded image -> random-resized crop, resized to size x size with `interpolation` (a key
+    of INTERPOLATIONS), random mirror: uint8 [size, size, 3]. `draft`: decode a JPEG at a
+    reduced scale where the crop allows it.
     """
+    resample = _resample(interpolation)
     image = PIL.Image.open(io.BytesIO(data))
     width, height = image.size
     left, top, w, h = random_resized_crop_box(width, height, rng, scale, ratio)
@@ -91,18 +106,23 @@ def train_transform(
     needed = (math.ceil(width * size / w), math.ceil(height * size / h))
     image, factor = _decode(image, needed if draft else None)
     box = (left * factor, top * factor, (left + w) * factor, (top + h) * factor)
-    pixels = np.asarray(image.resize((size, size), BILINEAR, box=box), np.uint8)  # [S, S, 3]
+    pixels = np.asarray(image.resize((size, size), resample, box=box), np.uint8)  # [S, S, 3]
     if flip and rng.random() < 0.5:
         pixels = pixels[:, ::-1]
     return pixels
 
 
 def eval_transform(
-    data: bytes, size: int = 224, resize: int = 256, draft: bool = True
+    data: bytes,
+    size: int = 224,
+    resize: int = 256,
+    draft: bool = True,
+    interpolation: str = "bilinear",
 ) -> np.ndarray:
-    """Encoded image -> shorter side resized to `resize` (bilinear, aspect kept), central
-    size x size crop: uint8 [size, size, 3]. `draft`: decode a JPEG at a reduced scale where
-    the shorter side stays at least `resize`."""
+    """Encoded image -> shorter side resized to `resize` with `interpolation` (a key of
+    INTERPOLATIONS; aspect kept), central size x size crop: uint8 [size, size, 3]. `draft`:
+    decode a JPEG at a reduced scale where the shorter side stays at least `resize`."""
+    resample = _resample(interpolation)
     image = PIL.Image.open(io.BytesIO(data))
     width, height = image.size
     # Truncating the longer side, and rounding the crop offset, as torchvision's Resize and
@@ -112,10 +132,45 @@ def eval_transform(
     else:
         new_size = (int(resize * width / height), resize)
     image, factor = _decode(image, new_size if draft else None)
-    image = image.resize(new_size, BILINEAR, box=(0, 0, width * factor, height * factor))
+    image = image.resize(new_size, resample, box=(0, 0, width * factor, height * factor))
     top = int(round((new_size[1] - size) / 2))
     left = int(round((new_size[0] - size) / 2))
     return np.asarray(image.crop((left, top, left + size, top + size)), np.uint8)
+
+
+def eval_resize_for(image_size: int, eval_resize: int = 0) -> int:
+    """The shorter side that evaluation resizes to before its image_size crop: `eval_resize`
+    (config data.eval_resize), or for 0 round(image_size / EVAL_CROP_FRACTION)."""
+    return eval_resize or round(image_size / EVAL_CROP_FRACTION)
+
+
+def torchvision_eval_settings(resize: int, crop: int, interpolation: str = "bilinear") -> dict:
+    """Config overrides {key: value} that evaluate like torchvision's classification preset
+    Resize(resize) + CenterCrop(crop) with `interpolation` (a weight's `transforms()`; timm's
+    crop_pct p is resize = int(crop / p)).
+
+    Evaluation then reproduces the published accuracy of imported weights: e.g. (256, 224) for
+    torchvision's ResNet V1 weights, (232, 224) for ResNet-50 V2, (342, 299) for Inception v3.
+    data.jpeg_draft is off because the reduced JPEG decode changes pixels (by ~1 level).
+    """
+    _resample(interpolation)
+    if not 0 < crop <= resize:
+        raise ValueError(f"crop {crop} must be > 0 and at most resize {resize}")
+    return {
+        "data.image_size": crop,
+        "data.eval_resize": resize,
+        "data.interpolation": interpolation,
+        "data.jpeg_draft": False,
+    }
+
+
+def _resample(interpolation: str) -> PIL.Image.Resampling:
+    try:
+        return INTERPOLATIONS[interpolation]
+    except KeyError:
+        raise ValueError(
+            f"unknown interpolation {interpolation!r}: choose one of {', '.join(INTERPOLATIONS)}"
+        ) from None
 
 
 def _decode(

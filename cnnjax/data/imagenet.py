@@ -15,20 +15,21 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import functools
 import itertools
 import weakref
 from collections.abc import Callable, Iterator
 
 import numpy as np
-import PIL.Image
 
-from cnnjax.data.decode_workers import DecodeProcesses, DecodeSpec
+from cnnjax.data.decode_workers import DecodeProcesses, DecodeSpec, decode_example
 from cnnjax.data.image_decoding import (  # noqa: F401 (re-exported: one import for users)
     EVAL_CROP_FRACTION,
+    INTERPOLATIONS,
+    eval_resize_for,
     eval_transform,
     example_rng,
     random_resized_crop_box,
+    torchvision_eval_settings,
     train_transform,
 )
 from cnnjax.data.image_sources import (  # noqa: F401 (re-exported: one import for users)
@@ -57,7 +58,9 @@ class ImageBatches:
     `train=False` takes the evaluation transform instead of the augmentation. With `rows` (on
     many hosts, this process's rows of each global batch) only those examples are decoded.
     `worker_processes`: `workers` processes decode instead of threads (no GIL ceiling on large
-    hosts; cnnjax/data/decode_workers.py), with the same bytes.
+    hosts; cnnjax/data/decode_workers.py), with the same bytes. `eval_resize` (0:
+    image_size / EVAL_CROP_FRACTION) and `interpolation` as config data.eval_resize and
+    data.interpolation.
     Images stay uint8: the steps normalize them on the device (`imagenet_normalization()`).
     """
 
@@ -75,6 +78,8 @@ class ImageBatches:
         rows: slice | None = None,
         jpeg_draft: bool = True,
         worker_processes: bool = False,
+        eval_resize: int = 0,
+        interpolation: str = "bilinear",
     ):
         if not 0 < batch_size <= len(source):
             raise UserError(
@@ -85,7 +90,10 @@ class ImageBatches:
         self.image_size, self.train = image_size, train
         self.workers, self.prefetch, self.start_step = workers, prefetch, start_step
         self.rows = rows or slice(0, batch_size)
-        self.jpeg_draft, self.worker_processes = jpeg_draft, worker_processes
+        self.worker_processes = worker_processes
+        resize = eval_resize_for(image_size, eval_resize)
+        # What every example's transform computes, in threads or worker processes alike.
+        self.spec = DecodeSpec(image_size, train, seed, resize, jpeg_draft, interpolation)
         self._order_epoch, self._order = -1, None
         self._pool = self._processes = None
 
@@ -124,27 +132,18 @@ class ImageBatches:
         return pending
 
     def _fill(self, pending: _Pending, row: int, index: int, epoch: int, position: int) -> None:
-        if self.train:
-            rng = example_rng(self.seed, epoch, position)
-            transform = functools.partial(
-                train_transform, rng=rng, size=self.image_size, draft=self.jpeg_draft
-            )
-        else:
-            resize = round(self.image_size / EVAL_CROP_FRACTION)
-            transform = functools.partial(
-                eval_transform, size=self.image_size, resize=resize, draft=self.jpeg_draft
-            )
-        pending.batch["image"][row], pending.batch["label"][row] = _read(
-            self.source, index, transform
+        job = (index, epoch, position)
+        pending.batch["image"][row], pending.batch["label"][row] = decode_example(
+            self.source, self.spec, job
         )
 
     def _decoder(self) -> DecodeProcesses:
         """The worker processes (started at the first batch), each decoding whole rows."""
         if self._processes is None:
-            resize = round(self.image_size / EVAL_CROP_FRACTION)
-            spec = DecodeSpec(self.image_size, self.train, self.seed, resize, self.jpeg_draft)
             rows = self.rows.stop - self.rows.start
-            self._processes = DecodeProcesses(self.source, spec, processes=self.workers, rows=rows)
+            self._processes = DecodeProcesses(
+                self.source, self.spec, processes=self.workers, rows=rows
+            )
         return self._processes
 
     def _executor(self) -> concurrent.futures.ThreadPoolExecutor:
@@ -164,6 +163,7 @@ def eval_image_batches(
     rows: slice | None = None,
     jpeg_draft: bool = True,
     worker_processes: bool = False,
+    interpolation: str = "bilinear",
 ) -> Iterator[Batch]:
     """Every example of `source` once, in order, with the evaluation transform.
 
@@ -172,20 +172,18 @@ def eval_image_batches(
     shape and counts every example once; with `rows` each batch holds (and decodes) only those
     rows of the global batch (rows past `batch_size` are padding too). Images stay uint8.
     `worker_processes`: `workers` processes decode instead of threads, as in `ImageBatches`.
+    `interpolation`: Pillow's filter for the resize, a key of INTERPOLATIONS.
     """
     rows = rows or slice(0, batch_size)
+    spec = DecodeSpec(image_size, False, 0, resize, jpeg_draft, interpolation)
     if worker_processes:
-        yield from _eval_batches_in_processes(
-            source, batch_size, rows, DecodeSpec(image_size, False, 0, resize, jpeg_draft), workers
-        )
+        yield from _eval_batches_in_processes(source, batch_size, rows, spec, workers)
         return
     pool = _thread_pool(workers)
 
     def fill(pending: _Pending, row: int, index: int) -> None:
-        transform = functools.partial(
-            eval_transform, size=image_size, resize=resize, draft=jpeg_draft
-        )
-        pending.batch["image"][row], pending.batch["label"][row] = _read(source, index, transform)
+        image, label = decode_example(source, spec, (index, 0, index))
+        pending.batch["image"][row], pending.batch["label"][row] = image, label
         pending.batch["mask"][row] = 1.0
 
     def submit(start: int) -> _Pending:
@@ -237,14 +235,6 @@ class _Pending:
         if masked:
             batch["mask"] = np.zeros((batch_size,), np.float32)
         return cls(batch)
-
-
-def _read(source: ImageSource, index: int, transform) -> tuple[np.ndarray, int]:
-    data, label = source.get(index)
-    try:
-        return transform(data), label
-    except (PIL.UnidentifiedImageError, OSError) as error:
-        raise UserError(f"example {index} is not a readable image ({error}): replace it") from None
 
 
 class _ProcessPending:

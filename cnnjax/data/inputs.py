@@ -174,6 +174,9 @@ class StreamingInput:
         self.image_size, self.workers = cfg.image_size, cfg.workers
         self.jpeg_draft = cfg.get("jpeg_draft", True)
         self.worker_processes = cfg.get("worker_processes", False)
+        # Keys added later: configs saved before them (evaluating an old run) mean the defaults.
+        self.eval_resize = imagenet.eval_resize_for(cfg.image_size, cfg.get("eval_resize", 0))
+        self.interpolation = cfg.get("interpolation", "bilinear")
         self.num_train = len(self.train_source)
         self.num_classes = self.train_source.num_classes
         self.input_shape = (cfg.image_size, cfg.image_size, 3)
@@ -203,6 +206,7 @@ class StreamingInput:
             rows=rows,
             jpeg_draft=self.jpeg_draft,
             worker_processes=self.worker_processes,
+            interpolation=self.interpolation,
         )
         return _counted(iter(batches), self.examples_decoded, "train")
 
@@ -211,11 +215,12 @@ class StreamingInput:
             self.eval_source,
             batch_size=self.eval_batch_size,
             image_size=self.image_size,
-            resize=round(self.image_size / imagenet.EVAL_CROP_FRACTION),
+            resize=self.eval_resize,
             workers=self.workers,
             rows=rows,
             jpeg_draft=self.jpeg_draft,
             worker_processes=self.worker_processes,
+            interpolation=self.interpolation,
         )
         return _counted(batches, self.examples_decoded, "eval")
 

@@ -16,6 +16,12 @@ paper's 5x5 kernel: 16 more weights per (reduce, 5x5) channel pair, 7,005,832 in
 The classifier dropout defaults to the paper's 0.4 (torchvision uses 0.2; it has no parameters,
 so the counts do not depend on it). Recipes set it through `config.model.dropout_rate`.
 
+For torchvision's pretrained weights, two more options: `batch_norm_epsilon=1e-3` (torchvision's
+batch norm epsilon; 1e-5 by default, PyTorch's), the epsilon of every normalization layer, the
+auxiliary heads' included; and `transform_input=True`, which re-standardizes ImageNet-standardized
+inputs to (pixel - 0.5) / 0.5 before the first convolution (`layers.imagenet_to_signed_range`),
+the input range of the TensorFlow weights torchvision ported. Neither changes a count.
+
 Auxiliary classifiers: with `aux_logits=True`, the two heads after inception 4a and 4d (average
 pool to 4x4, 1x1 conv 128, dense 1024, dropout 0.7, dense num_classes; 6,379,984 more
 parameters at 1000 classes) run in training only, and their logits are sown as
@@ -32,7 +38,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnnjax.models.layers import ConvBlock, LayerOptions, adaptive_avg_pool, get_activation
+from cnnjax.models.layers import (
+    ConvBlock,
+    LayerOptions,
+    adaptive_avg_pool,
+    get_activation,
+    imagenet_to_signed_range,
+)
 
 # Table 1 of the paper, per module: (1x1, 3x3 reduce, 3x3, "5x5" reduce, "5x5", pool projection).
 INCEPTION_3 = ((64, 96, 128, 16, 32, 32), (128, 128, 192, 32, 96, 64))
@@ -74,6 +86,7 @@ class Inception(nn.Module):
     normalization: str
     wide_kernel: int = 3
     layer_options: LayerOptions = LayerOptions()
+    batch_norm_epsilon: float = 1e-5  # the normalizations' epsilon (GoogLeNet's)
 
     def _conv(self, x: jax.Array, features: int, kernel: int, train: bool) -> jax.Array:
         padding = kernel // 2  # keeps H and W (the kernels are odd)
@@ -85,6 +98,7 @@ class Inception(nn.Module):
             self.activation,
             self.normalization,
             layer_options=self.layer_options,
+            norm_epsilon=self.batch_norm_epsilon,
         )
         return block(x, train=train)
 
@@ -111,14 +125,22 @@ class AuxClassifier(nn.Module):
     activation: str
     normalization: str
     layer_options: LayerOptions = LayerOptions()
+    batch_norm_epsilon: float = 1e-5  # the normalization's epsilon (GoogLeNet's)
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         options = self.layer_options
         x = adaptive_avg_pool(x, 4, layer_options=options)  # [B, 4, 4, C]
-        x = ConvBlock(128, 1, 1, 0, self.activation, self.normalization, layer_options=options)(
-            x, train=train
-        )
+        x = ConvBlock(
+            128,
+            1,
+            1,
+            0,
+            self.activation,
+            self.normalization,
+            layer_options=options,
+            norm_epsilon=self.batch_norm_epsilon,
+        )(x, train=train)
         x = x.reshape(x.shape[0], -1)  # [B, 2048]
         x = get_activation(self.activation)(nn.Dense(1024)(x))  # [B, 1024]
         x = nn.Dropout(0.7, deterministic=not train)(x)
@@ -138,13 +160,22 @@ class GoogLeNet(nn.Module):
     aux_logits: bool = False  # the two auxiliary heads, sown as intermediates/aux_logits
     paper_5x5: bool = False  # the paper's 5x5 kernel instead of torchvision's 3x3
     layer_options: LayerOptions = LayerOptions()
+    batch_norm_epsilon: float = 1e-5  # every normalization's epsilon; torchvision's is 1e-3
+    transform_input: bool = False  # ImageNet-standardized input -> (pixel - 0.5) / 0.5 first
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         act, norm, options = self.activation, self.normalization, self.layer_options
+        epsilon = self.batch_norm_epsilon
         conv = functools.partial(
-            ConvBlock, activation=act, normalization=norm, layer_options=options
+            ConvBlock,
+            activation=act,
+            normalization=norm,
+            layer_options=options,
+            norm_epsilon=epsilon,
         )
+        if self.transform_input:
+            x = imagenet_to_signed_range(x)  # [B, H, W, 3]
         x = conv(64, 7, 2, 3)(x, train=train)  # [B, 112, 112, 64] at 224x224
         x = max_pool_ceil(x, 3, 2)  # [B, 56, 56, 64]
         x = conv(64, 1, 1, 0)(x, train=train)
@@ -153,6 +184,7 @@ class GoogLeNet(nn.Module):
         wide = 5 if self.paper_5x5 else 3
         inception = functools.partial(Inception, activation=act, normalization=norm)
         inception = functools.partial(inception, wide_kernel=wide, layer_options=options)
+        inception = functools.partial(inception, batch_norm_epsilon=epsilon)
         for filters in INCEPTION_3:
             x = inception(filters)(x, train=train)  # 3b: [B, 28, 28, 480]
         x = max_pool_ceil(x, 3, 2)  # [B, 14, 14, 480]
@@ -162,7 +194,9 @@ class GoogLeNet(nn.Module):
         for index, filters in enumerate(INCEPTION_4):
             x = inception(filters)(x, train=train)  # 4e: [B, 14, 14, 832]
             if run_heads and index in AUX_AFTER:
-                head = AuxClassifier(self.num_classes, act, norm, layer_options=options)
+                head = AuxClassifier(
+                    self.num_classes, act, norm, layer_options=options, batch_norm_epsilon=epsilon
+                )
                 aux = head(x, train=train)
                 if train:
                     self.sow("intermediates", "aux_logits", aux)  # [B, num_classes]

@@ -21,8 +21,12 @@ keeps the auxiliary head: 1x1 conv 768->128 with batch norm (98,560), 5x5 conv 1
 norm (2,459,136) and a dense 768->1000 (769,000), 3,326,696 in all. `aux_logits=True` adds that
 head (after the last InceptionC, training only, sown as `intermediates/aux_logits` like
 GoogLeNet's), which brings the count to 27,161,264. The train step weights its loss 0.3 (the
-GoogLeNet paper's weight; TF-slim's Inception v3 used 0.4). Batch norm uses epsilon 1e-5 here
-(torchvision 1e-3), which changes no count.
+GoogLeNet paper's weight; TF-slim's Inception v3 used 0.4). Batch norm uses epsilon 1e-5 by
+default (PyTorch's); torchvision's is 1e-3, set with `batch_norm_epsilon=1e-3` (the epsilon of
+every normalization layer, the auxiliary head's included), which changes no count. torchvision's
+pretrained weights also need `transform_input=True`: ImageNet-standardized inputs re-standardized
+to (pixel - 0.5) / 0.5 before the first convolution (`layers.imagenet_to_signed_range`), the
+input range of the TensorFlow weights torchvision ported.
 
 The classifier dropout is torchvision's 0.5. Inputs must be at least 75x75 (the grid reductions
 take 75 to 1x1), as torchvision requires.
@@ -36,7 +40,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnnjax.models.layers import ConvBlock, LayerOptions, adaptive_avg_pool, pool
+from cnnjax.models.layers import (
+    ConvBlock,
+    LayerOptions,
+    adaptive_avg_pool,
+    imagenet_to_signed_range,
+    pool,
+)
 
 Kernel = int | tuple[int, int]
 
@@ -47,12 +57,14 @@ def avg_pool_3x3(x: jax.Array) -> jax.Array:
 
 
 class InceptionBlock(nn.Module):
-    """Base of the Inception v3 modules: their activation, normalization, layer options and conv
-    helper. Subclasses add fields after these: pass them by keyword."""
+    """Base of the Inception v3 modules: their activation, normalization, layer options,
+    normalization epsilon and conv helper. Subclasses add fields after these: pass them by
+    keyword."""
 
     activation: str
     normalization: str
     layer_options: LayerOptions = LayerOptions()
+    batch_norm_epsilon: float = 1e-5  # the normalizations' epsilon (InceptionV3's)
 
     def conv(
         self, x: jax.Array, features: int, kernel: Kernel, strides: int = 1, *, train: bool
@@ -71,6 +83,7 @@ class InceptionBlock(nn.Module):
             self.activation,
             self.normalization,
             layer_options=self.layer_options,
+            norm_epsilon=self.batch_norm_epsilon,
         )
         return block(x, train=train)
 
@@ -164,6 +177,7 @@ class InceptionAux(nn.Module):
     activation: str
     normalization: str
     layer_options: LayerOptions = LayerOptions()
+    batch_norm_epsilon: float = 1e-5  # the normalizations' epsilon (InceptionV3's)
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -175,7 +189,11 @@ class InceptionAux(nn.Module):
             x = adaptive_avg_pool(x, 5, layer_options=options)
         act, norm = self.activation, self.normalization
         conv = functools.partial(
-            ConvBlock, activation=act, normalization=norm, layer_options=options
+            ConvBlock,
+            activation=act,
+            normalization=norm,
+            layer_options=options,
+            norm_epsilon=self.batch_norm_epsilon,
         )
         x = conv(128, 1, 1, "VALID")(x, train=train)
         x = conv(768, 5, 1, "VALID")(x, train=train)  # [B, 1, 1, 768] at 299
@@ -192,20 +210,31 @@ class InceptionV3(nn.Module):
     dropout_rate: float = 0.5  # torchvision's
     aux_logits: bool = False  # the auxiliary head, sown as intermediates/aux_logits
     layer_options: LayerOptions = LayerOptions()
+    batch_norm_epsilon: float = 1e-5  # every normalization's epsilon; torchvision's is 1e-3
+    transform_input: bool = False  # ImageNet-standardized input -> (pixel - 0.5) / 0.5 first
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         act, norm, options = self.activation, self.normalization, self.layer_options
+        epsilon = self.batch_norm_epsilon
         conv = functools.partial(
-            ConvBlock, activation=act, normalization=norm, layer_options=options
+            ConvBlock,
+            activation=act,
+            normalization=norm,
+            layer_options=options,
+            norm_epsilon=epsilon,
         )
+        if self.transform_input:
+            x = imagenet_to_signed_range(x)  # [B, H, W, 3]
         for features, strides, padding in ((32, 2, "VALID"), (32, 1, "VALID"), (64, 1, "SAME")):
             x = conv(features, 3, strides, padding)(x, train=train)
         x = pool(x, "max", 3, 2, layer_options=options)  # [B, 73, 73, 64] at 299x299
         x = conv(80, 1, 1, "VALID")(x, train=train)
         x = conv(192, 3, 1, "VALID")(x, train=train)  # [B, 71, 71, 192]
         x = pool(x, "max", 3, 2, layer_options=options)  # [B, 35, 35, 192]
-        block = dict(activation=act, normalization=norm, layer_options=options)
+        block = dict(
+            activation=act, normalization=norm, layer_options=options, batch_norm_epsilon=epsilon
+        )
         for pool_features in (32, 64, 64):
             # [B, 35, 35, 288] at last
             x = InceptionA(**block, pool_features=pool_features)(x, train=train)

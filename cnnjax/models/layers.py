@@ -33,8 +33,12 @@ NORMALIZATIONS = ("none", "batch", "layer", "instance", "group")
 # Variance as mean((x - mean)^2), not Flax's default mean(x^2) - mean^2, which cancels in float32
 # when a group's mean is large next to its spread (ResNet-20 with group norm on 16x16 inputs:
 # gradient 0.7% from float64 -> 1.4e-6), for one more pass over the activations.
-_GROUP_NORM_OPTIONS = {"epsilon": 1e-5, "use_fast_variance": False}
+_GROUP_NORM_OPTIONS = {"use_fast_variance": False}
 POOLINGS = ("max", "average")
+# The ImageNet statistics the inputs are standardized with (cnnjax/data/imagenet.py's, repeated
+# here because models must not import the input pipeline; a test checks that they agree).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def get_activation(name: str) -> Activation:
@@ -101,13 +105,15 @@ class Normalization(nn.Module):
     ImageNet example); `group` uses `num_groups` groups, reduced to a divisor of the channel count
     so that narrow layers (e.g. LeNet's 6 channels) still work; `instance` is group norm with one
     channel per group. On [B, F] features (dense layers) instance norm has no spatial axes to
-    normalize over, so there it is the identity.
+    normalize over, so there it is the identity. `epsilon` is added to the variance by every
+    kind (PyTorch's default 1e-5; torchvision's GoogLeNet and Inception v3 use 1e-3).
     """
 
     kind: str = "none"
     num_groups: int = 32
     layer_options: LayerOptions = LayerOptions()
     zero_scale: bool = False  # start the scale at 0 (the last of a residual branch: Goyal et al.)
+    epsilon: float = 1e-5
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -122,21 +128,22 @@ class Normalization(nn.Module):
             return nn.BatchNorm(
                 use_running_average=not train,
                 momentum=0.9,
-                epsilon=1e-5,
+                epsilon=self.epsilon,
                 axis_name=self.layer_options.batch_norm_axis if train else None,
                 scale_init=scale_init,
             )(x)
         if self.kind == "layer":
-            return nn.LayerNorm(epsilon=1e-5, scale_init=scale_init)(x)
+            return nn.LayerNorm(epsilon=self.epsilon, scale_init=scale_init)(x)
         channels = x.shape[-1]
+        group_options = {"epsilon": self.epsilon, **_GROUP_NORM_OPTIONS}
         if self.kind == "instance":
             if x.ndim == 2:
                 return x
             return nn.GroupNorm(
-                num_groups=None, group_size=1, scale_init=scale_init, **_GROUP_NORM_OPTIONS
+                num_groups=None, group_size=1, scale_init=scale_init, **group_options
             )(x)
         groups = max(g for g in range(1, min(self.num_groups, channels) + 1) if channels % g == 0)
-        return nn.GroupNorm(num_groups=groups, scale_init=scale_init, **_GROUP_NORM_OPTIONS)(x)
+        return nn.GroupNorm(num_groups=groups, scale_init=scale_init, **group_options)(x)
 
 
 def pool(
@@ -179,6 +186,7 @@ class ConvBlock(nn.Module):
     dilation: int = 1
     layer_options: LayerOptions = LayerOptions()
     zero_norm_scale: bool = False  # the normalization's scale starts at 0 (Normalization)
+    norm_epsilon: float = 1e-5  # added to the variance by the normalization (Normalization)
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -199,7 +207,10 @@ class ConvBlock(nn.Module):
             ),
         )(x)
         x = Normalization(
-            self.normalization, layer_options=self.layer_options, zero_scale=self.zero_norm_scale
+            self.normalization,
+            layer_options=self.layer_options,
+            zero_scale=self.zero_norm_scale,
+            epsilon=self.norm_epsilon,
         )(x, train=train)
         return get_activation(self.activation)(x)
 
@@ -256,3 +267,23 @@ def _adaptive_bins(x: jax.Array, n: int) -> jax.Array:
             cols.append(x[:, r0:r1, c0:c1].mean(axis=(1, 2)))
         rows.append(jnp.stack(cols, axis=1))
     return jnp.stack(rows, axis=1)
+
+
+def imagenet_to_signed_range(x: jax.Array) -> jax.Array:
+    """ImageNet-standardized images `x` [B, H, W, 3] re-standardized to (pixel - 0.5) / 0.5.
+
+    `x` holds (pixel - mean_c) / std_c per channel c of the last axis (pixels in [0, 1], the
+    statistics `IMAGENET_MEAN` / `IMAGENET_STD`); the result is (pixel - 0.5) / 0.5, in [-1, 1],
+    i.e. x * (std_c / 0.5) + (mean_c - 0.5) / 0.5: the inputs that torchvision's GoogLeNet and
+    Inception v3 weights (ported from TensorFlow) were trained on, which torchvision computes this
+    way under `transform_input=True`. The factors are worked out in float64 and rounded to
+    `x.dtype`, as PyTorch rounds those Python scalars.
+    """
+    if x.shape[-1] != len(IMAGENET_MEAN):
+        raise UserError(
+            f"transform_input re-standardizes RGB images, these have {x.shape[-1]} channels: "
+            "set transform_input=False"
+        )
+    scale = jnp.asarray([std / 0.5 for std in IMAGENET_STD], x.dtype)
+    offset = jnp.asarray([(mean - 0.5) / 0.5 for mean in IMAGENET_MEAN], x.dtype)
+    return x * scale + offset  # [B, H, W, 3]

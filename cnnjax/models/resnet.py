@@ -4,6 +4,10 @@
   on its 3x3 convolution): 7x7/2 stem and 3x3/2 max-pool, four stages of 64-128-256-512 (x4 for
   bottlenecks), projection shortcuts where the shape changes, global average pool, dense.
   ResNet-18 has 11,689,512 parameters, ResNet-50 25,557,032 (4.09 GMACs at 224x224).
+  `width_per_group` (torchvision's name) sets a bottleneck's inner width (its 1x1 reduce and
+  3x3) to features * width_per_group / 64, the output staying features * 4: 128 gives
+  torchvision's wide_resnet50_2 (68,883,240 parameters) and wide_resnet101_2 (126,886,696),
+  Zagoruyko & Komodakis's widening applied to ImageNet bottleneck ResNets.
 - `CifarResNet` (He et al. 2016, section 4.2): 3x3 conv 16, three stages of n basic blocks with
   16-32-64 filters (depth 6n + 2), parameter-free "option A" shortcuts (stride-2 subsampling and
   zero channels) by default; ResNet-20 has 0.27M parameters.
@@ -20,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cnnjax.errors import UserError
 from cnnjax.models.layers import ConvBlock, LayerOptions, Normalization, get_activation
 
 
@@ -74,15 +79,21 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(BasicBlock):
-    """1x1 reduce, 3x3 (carrying the stride: v1.5), 1x1 expand by 4, and a shortcut."""
+    """1x1 reduce, 3x3 (carrying the stride: v1.5), 1x1 expand to features * 4, and a shortcut.
 
+    The reduce and the 3x3 are features * width_per_group / 64 wide (`features` at the default
+    64; twice that in the wide ResNets).
+    """
+
+    width_per_group: int = 64
     expansion = 4
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         act = self.activation
-        y = self._conv(self.features, 1, 1, 0, act)(x, train=train)
-        y = self._conv(self.features, 3, self.strides, 1, act)(y, train=train)
+        inner = self.features * self.width_per_group // 64
+        y = self._conv(inner, 1, 1, 0, act)(x, train=train)
+        y = self._conv(inner, 3, self.strides, 1, act)(y, train=train)
         y = self._conv(self.features * 4, 1, 1, 0, "identity", last=True)(y, train=train)
         return get_activation(act)(y + self._shortcut(x, train))
 
@@ -99,6 +110,7 @@ class ResNet(nn.Module):
     width: int = 64
     layer_options: LayerOptions = LayerOptions()
     zero_init_residual: bool = False  # each block's last normalization scale starts at 0
+    width_per_group: int = 64  # a bottleneck's inner width per 64 of its features (128: wide)
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -107,7 +119,15 @@ class ResNet(nn.Module):
             self.width, 7, 2, 3, self.activation, self.normalization, layer_options=options
         )(x, train=train)
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # [B, H/4, W/4, C]
-        block = Bottleneck if self.bottleneck else BasicBlock
+        if self.bottleneck:
+            block = functools.partial(Bottleneck, width_per_group=self.width_per_group)
+        elif self.width_per_group != 64:  # as torchvision: a basic block has no inner width
+            raise UserError(
+                f"width_per_group={self.width_per_group} needs bottleneck blocks: "
+                "basic-block ResNets take only 64"
+            )
+        else:
+            block = BasicBlock
         for stage, blocks in enumerate(self.stage_sizes):
             for index in range(blocks):
                 strides = 2 if stage > 0 and index == 0 else 1

@@ -100,6 +100,13 @@ def _resnet(depth: int):
     return build
 
 
+def _wide_bottleneck_resnet(depth: int):
+    def build(**options) -> ResNet:
+        return _resnet(depth)(**{"width_per_group": 128, **options})
+
+    return build
+
+
 def _cifar_resnet(depth: int):
     def build(**options) -> CifarResNet:
         return CifarResNet(**{"depth": depth, **options})
@@ -116,6 +123,12 @@ def _wide_resnet(depth: int, widen_factor: int):
 
 for _depth in RESNET_STAGES:
     register(f"resnet{_depth}", family=ResNet, input_shape=(224, 224, 3))(_resnet(_depth))
+# torchvision's names: ImageNet bottleneck ResNets with inner widths doubled, not the CIFAR WRNs
+# (wrn{depth}_{k}) below.
+for _depth in (50, 101):
+    register(f"wide_resnet{_depth}_2", family=ResNet, input_shape=(224, 224, 3))(
+        _wide_bottleneck_resnet(_depth)
+    )
 for _depth in (20, 32, 44, 56, 110):
     register(f"resnet{_depth}", family=CifarResNet, input_shape=(32, 32, 3))(_cifar_resnet(_depth))
 for _depth, _k in ((16, 8), (28, 2), (28, 10), (40, 4)):

@@ -159,6 +159,8 @@ KEYS_ADDED_LATER = {
     "train.loss_scale_period": (2000,),
     "data.jpeg_draft": (True,),
     "data.worker_processes": (False,),
+    "data.eval_resize": (0,),
+    "data.interpolation": ("bilinear",),
 }
 
 

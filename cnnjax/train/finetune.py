@@ -120,12 +120,27 @@ def merge_pretrained(fresh, saved, reinit: re.Pattern | None) -> tuple[object, l
     def pick(path, leaf):
         name = param_path(path)
         old = saved_leaves.get(name)
+        if old is not None and _rgb_kernel_for_gray(old.shape, leaf.shape):
+            # RGB weights on one-channel images (ImageNet weights, Fashion-MNIST): a gray image
+            # is R = G = B, on which the kernel acts as the sum of its three input channels.
+            old = np.asarray(old).sum(axis=-2, keepdims=True)
         if (reinit is not None and reinit.search(name)) or old is None or old.shape != leaf.shape:
             kept.append(name)
             return leaf
         return np.asarray(old, leaf.dtype)
 
     return jax.tree_util.tree_map_with_path(pick, fresh), kept
+
+
+def _rgb_kernel_for_gray(saved: tuple, fresh: tuple) -> bool:
+    """Whether `saved` is a convolution kernel [..., 3, O] where the model has [..., 1, O]."""
+    return (
+        len(saved) >= 3
+        and len(saved) == len(fresh)
+        and saved[-2:] == (3, fresh[-1])
+        and fresh[-2] == 1
+        and saved[:-2] == fresh[:-2]
+    )
 
 
 def initialize_from(state, config: ml_collections.ConfigDict) -> tuple[object, str]:
