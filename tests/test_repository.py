@@ -41,6 +41,8 @@ GENERATED_FILES = {
     "*.pyc": "bytecode",
 }
 RESULTS_ALLOWED_UNDER = ("benchmarks/", "experiments/")
+# Test fixtures made once by a script beside them (with torch, which CI lacks) and kept on purpose.
+FIXTURES = "tests/fixtures/"
 
 
 def _git(*args: str) -> subprocess.CompletedProcess:
@@ -64,7 +66,7 @@ def generated_reason(path: str) -> str | None:
         if folder in GENERATED_DIRS:
             return GENERATED_DIRS[folder]
     for pattern, reason in GENERATED_FILES.items():
-        if fnmatch.fnmatch(name, pattern):
+        if fnmatch.fnmatch(name, pattern) and not path.startswith(FIXTURES):
             return reason
     if name == "results.json" and not path.startswith(RESULTS_ALLOWED_UNDER):
         return "a run's results.json"
