@@ -31,96 +31,9 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cnnjax import fast_paths, files
+from cnnjax import cli_flags, fast_paths, files
 from cnnjax.config_loader import check_loaded, is_unreadable, parse_error_message
 from cnnjax.errors import EXIT_USER_ERROR, TrainingInterrupted, UserError, for_command_line
-
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Recipe file, e.g. configs/lenet5_fashion_mnist.py or file.py:arg=value."
-)
-_WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Run directory: checkpoints, logs and results; rerun to resume."
-)
-_JSON = flags.DEFINE_bool("json", False, "models: print a JSON list instead of a table.")
-_DISTRIBUTED = flags.DEFINE_bool(
-    "distributed",
-    False,
-    "train: one run over several processes/hosts (CNNJAX_COORDINATOR_ADDRESS, "
-    "CNNJAX_NUM_PROCESSES, CNNJAX_PROCESS_ID, or SLURM / Cloud TPU detected by JAX).",
-)
-_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
-    "allow_config_change",
-    False,
-    "train: resume a run with a config that changes the math (the old config is kept in "
-    "config_history/); without it such a resume is refused.",
-)
-_WORKERS = flags.DEFINE_integer(
-    "workers",
-    1,
-    "sweep: runs at once on this machine, each pinned to its share of the cores and of the GPUs "
-    "or TPU chips.",
-)
-_SHARE_DEVICES = flags.DEFINE_bool(
-    "share_devices",
-    False,
-    "sweep: allow more --workers than GPUs; they share them round-robin, each with an equal part "
-    "of a GPU's memory (without it, each worker gets its own GPUs or TPU chips).",
-)
-_DRY_RUN = flags.DEFINE_bool("dry_run", False, "sweep: print what would run and start nothing.")
-_LAUNCHER = flags.DEFINE_enum("launcher", "local", ["local", "slurm"], "sweep: where runs go.")
-_SLURM_PARTITION = flags.DEFINE_string("slurm_partition", "", "sweep on SLURM: partition.")
-_SLURM_TIME = flags.DEFINE_string("slurm_time", "04:00:00", "sweep on SLURM: time per run.")
-_SLURM_CPUS = flags.DEFINE_integer("slurm_cpus_per_task", 4, "sweep on SLURM: CPUs per run.")
-_SLURM_GPUS = flags.DEFINE_integer("slurm_gpus_per_task", 0, "sweep on SLURM: GPUs per run.")
-_SLURM_MEM = flags.DEFINE_string("slurm_mem", "", "sweep on SLURM: memory per run, e.g. 16G.")
-_SLURM_MAX_PARALLEL = flags.DEFINE_integer(
-    "slurm_max_parallel", 0, "sweep on SLURM: array tasks at once (0: no limit)."
-)
-_SLURM_SIGNAL_SECONDS = flags.DEFINE_integer(
-    "slurm_signal_seconds",
-    120,
-    "sweep on SLURM: SIGTERM this long before the time limit; the run saves and is requeued.",
-)
-_SLURM_SETUP = flags.DEFINE_string(
-    "slurm_setup", "", "sweep on SLURM: shell line each task runs first (module load ...)."
-)
-
-_CHECKPOINT = flags.DEFINE_string(
-    "checkpoint",
-    "best",
-    "eval/visualize/predict/export-weights: best (by test accuracy), latest, or a step number.",
-)
-_SPLIT = flags.DEFINE_string("split", "", "eval: a TFDS split instead of the run's eval split.")
-_USE_EMA = flags.DEFINE_bool("use_ema", False, "eval: the EMA of the weights (train.ema_decay).")
-_LAYERS = flags.DEFINE_list("layers", [], "visualize: layers for feature maps, e.g. ConvBlock_1.")
-_IMAGES = flags.DEFINE_list("images", [], "visualize: indices of eval-split images to show.")
-_EXAMPLES = flags.DEFINE_integer("examples", 4, "gradcheck: training examples in the batch.")
-_DIRECTIONS = flags.DEFINE_integer("directions", 4, "gradcheck: random directions checked.")
-_COORDINATES = flags.DEFINE_integer("coordinates", 8, "gradcheck: single parameters checked.")
-_DEPTH = flags.DEFINE_integer("depth", 0, "summary: fold modules deeper than this (0: all).")
-_FROM = flags.DEFINE_string(
-    "from", None, "import-weights: torchvision:ARCH or timm:ARCH, e.g. torchvision:resnet50."
-)
-_FILE = flags.DEFINE_string(
-    "file", None, "import-weights / export-weights: the .safetensors or .pth state dict."
-)
-_TO = flags.DEFINE_enum("to", "torchvision", ["torchvision"], "export-weights: the layout.")
-_INTERPOLATION = flags.DEFINE_enum(
-    "interpolation",
-    "bilinear",
-    ["bilinear", "bicubic"],
-    "import-weights: the resize of the weights' evaluation transform (timm's are often bicubic).",
-)
-_EVAL_RESIZE = flags.DEFINE_integer(
-    "eval_resize",
-    0,
-    "import-weights: shorter side before the center crop (0: the architecture's, 256 or 342).",
-)
-_INPUTS = flags.DEFINE_string(
-    "inputs", None, "predict: an .npy of preprocessed images [N, H, W, C], or a folder of images."
-)
-_OUTPUT = flags.DEFINE_string("output", None, "predict: where the logits go (.npy).")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "predict: images per batch.")
 
 USAGE = (
     "usage: cnnjax {train,sweep,report,eval,visualize,predict,gradcheck,summary,models,"
@@ -154,22 +67,22 @@ def _parse_flags(argv: list[str], command: str) -> list[str]:
 def _config(command: str = "train"):
     """The parsed config; a file that failed to load is reported when first used."""
     try:
-        return check_loaded(_CONFIG.value, "--config")
+        return check_loaded(cli_flags.CONFIG.value, "--config")
     except UserError as error:
         _fail(command, str(error))
 
 
 def _train(argv: list[str]) -> None:
     del argv
-    if _CONFIG.value is None or not _WORKDIR.value:
+    if cli_flags.CONFIG.value is None or not cli_flags.WORKDIR.value:
         _fail("train", "--config=FILE and --workdir=DIR are both required")
     config = _config()
-    workdir = files.resolve(_WORKDIR.value)  # a local path or a URL (gs://bucket/run)
+    workdir = files.resolve(cli_flags.WORKDIR.value)  # a local path or a URL (gs://bucket/run)
     from cnnjax.train import workdir as workdirs
 
     # An object store has no empty folders to leave behind.
     created = not files.is_remote(workdir) and not os.path.exists(workdir)
-    if _DISTRIBUTED.value:  # before anything touches a device
+    if cli_flags.DISTRIBUTED.value:  # before anything touches a device
         from cnnjax.parallel import distributed
 
         distributed.initialize()
@@ -185,7 +98,7 @@ def _train(argv: list[str]) -> None:
                 fast_paths.enable_compilation_cache(config.train.compilation_cache_dir)
 
             results = train_and_evaluate(
-                config, workdir, allow_config_change=_ALLOW_CONFIG_CHANGE.value
+                config, workdir, allow_config_change=cli_flags.ALLOW_CONFIG_CHANGE.value
             ).results
     finally:
         if created and os.path.isdir(workdir) and not os.listdir(workdir):
@@ -208,36 +121,37 @@ def _train(argv: list[str]) -> None:
 
 def _sweep(argv: list[str]) -> None:
     del argv
-    if _CONFIG.value is None or not _WORKDIR.value:
+    if cli_flags.CONFIG.value is None or not cli_flags.WORKDIR.value:
         _fail("sweep", "--config=SWEEP_FILE and --workdir=DIR are both required")
-    if _WORKERS.value < 1:
-        _fail("sweep", f"--workers={_WORKERS.value}: give at least 1")
+    if cli_flags.WORKERS.value < 1:
+        _fail("sweep", f"--workers={cli_flags.WORKERS.value}: give at least 1")
     config = _config("sweep")
     from cnnjax.sweep import command
 
-    command.refuse_object_store(_WORKDIR.value)  # before abspath turns gs:// into a local path
+    # Before abspath turns gs:// into a local path.
+    command.refuse_object_store(cli_flags.WORKDIR.value)
     from cnnjax.sweep.slurm_executor import SlurmOptions
 
     slurm_options = SlurmOptions(
-        partition=_SLURM_PARTITION.value,
-        time=_SLURM_TIME.value,
-        cpus_per_task=_SLURM_CPUS.value,
-        gpus_per_task=_SLURM_GPUS.value,
-        mem=_SLURM_MEM.value,
-        max_parallel=_SLURM_MAX_PARALLEL.value,
-        setup=_SLURM_SETUP.value,
-        signal_seconds=_SLURM_SIGNAL_SECONDS.value,
+        partition=cli_flags.SLURM_PARTITION.value,
+        time=cli_flags.SLURM_TIME.value,
+        cpus_per_task=cli_flags.SLURM_CPUS.value,
+        gpus_per_task=cli_flags.SLURM_GPUS.value,
+        mem=cli_flags.SLURM_MEM.value,
+        max_parallel=cli_flags.SLURM_MAX_PARALLEL.value,
+        setup=cli_flags.SLURM_SETUP.value,
+        signal_seconds=cli_flags.SLURM_SIGNAL_SECONDS.value,
     )
     sys.exit(
         command.sweep(
             config,
             _config_path(),
-            os.path.abspath(_WORKDIR.value),
-            workers=_WORKERS.value,
-            launcher=_LAUNCHER.value,
-            dry_run=_DRY_RUN.value,
+            os.path.abspath(cli_flags.WORKDIR.value),
+            workers=cli_flags.WORKERS.value,
+            launcher=cli_flags.LAUNCHER.value,
+            dry_run=cli_flags.DRY_RUN.value,
             slurm_options=slurm_options,
-            share_devices=_SHARE_DEVICES.value,
+            share_devices=cli_flags.SHARE_DEVICES.value,
         )
     )
 
@@ -262,7 +176,7 @@ def _models(argv: list[str]) -> None:
     from cnnjax.models.inventory import describe_models
 
     rows = describe_models()
-    if _JSON.value:
+    if cli_flags.JSON.value:
         print(json.dumps(rows, indent=2))
         return
     print(f"{'name':<16} {'params':>14} {'MMACs':>10}  input_shape")
@@ -272,9 +186,9 @@ def _models(argv: list[str]) -> None:
 
 
 def _require_workdir(command: str) -> str:
-    if not _WORKDIR.value:
+    if not cli_flags.WORKDIR.value:
         _fail(command, "--workdir=DIR (a `cnnjax train` run) is required")
-    return files.resolve(_WORKDIR.value)
+    return files.resolve(cli_flags.WORKDIR.value)
 
 
 def _eval(argv: list[str]) -> None:
@@ -283,7 +197,10 @@ def _eval(argv: list[str]) -> None:
     from cnnjax.inspect.evaluation_report import evaluate_workdir, format_evaluation
 
     result = evaluate_workdir(
-        workdir, _CHECKPOINT.value, split=_SPLIT.value or None, use_ema=_USE_EMA.value
+        workdir,
+        cli_flags.CHECKPOINT.value,
+        split=cli_flags.SPLIT.value or None,
+        use_ema=cli_flags.USE_EMA.value,
     )
     print(format_evaluation(result))
 
@@ -292,29 +209,32 @@ def _visualize(argv: list[str]) -> None:
     del argv
     workdir = _require_workdir("visualize")
     try:
-        indices = [int(i) for i in _IMAGES.value] or None
+        indices = [int(i) for i in cli_flags.IMAGES.value] or None
     except ValueError:
-        _fail("visualize", f"--images={','.join(_IMAGES.value)}: give indices, e.g. 0,1,2")
+        _fail("visualize", f"--images={','.join(cli_flags.IMAGES.value)}: give indices, e.g. 0,1,2")
     from cnnjax.inspect.visualize import format_visualization, visualize_workdir
 
     paths = visualize_workdir(
-        workdir, _CHECKPOINT.value, layers=_LAYERS.value or None, image_indices=indices
+        workdir,
+        cli_flags.CHECKPOINT.value,
+        layers=cli_flags.LAYERS.value or None,
+        image_indices=indices,
     )
     print(format_visualization(paths))
 
 
 def _gradcheck(argv: list[str]) -> None:
     del argv
-    if _CONFIG.value is None:
+    if cli_flags.CONFIG.value is None:
         _fail("gradcheck", "--config=FILE is required")
     config = _config("gradcheck")
     from cnnjax.inspect.gradcheck import gradcheck_from_config
 
     report, passed = gradcheck_from_config(
         config,
-        batch_size=_EXAMPLES.value,
-        num_directions=_DIRECTIONS.value,
-        num_coordinates=_COORDINATES.value,
+        batch_size=cli_flags.EXAMPLES.value,
+        num_directions=cli_flags.DIRECTIONS.value,
+        num_coordinates=cli_flags.COORDINATES.value,
     )
     print(report)
     sys.exit(0 if passed else 1)
@@ -322,31 +242,31 @@ def _gradcheck(argv: list[str]) -> None:
 
 def _summary(argv: list[str]) -> None:
     del argv
-    if _CONFIG.value is None:
+    if cli_flags.CONFIG.value is None:
         _fail("summary", "--config=FILE is required")
     config = _config("summary")
     from cnnjax.inspect.summary import summary_from_config
 
-    print(summary_from_config(config, depth=_DEPTH.value or None))
+    print(summary_from_config(config, depth=cli_flags.DEPTH.value or None))
 
 
 def _import_weights(argv: list[str]) -> None:
     del argv
-    if not (_FROM.value and _FILE.value and _WORKDIR.value):
+    if not (cli_flags.FROM.value and cli_flags.FILE.value and cli_flags.WORKDIR.value):
         _fail("import-weights", "--from=torchvision:ARCH --file=WEIGHTS --workdir=DIR are required")
     from cnnjax.weights import import_weights
 
     imported = import_weights(
-        _FROM.value,
-        _FILE.value,
-        files.resolve(_WORKDIR.value),
-        interpolation=_INTERPOLATION.value,
-        resize=_EVAL_RESIZE.value or None,
+        cli_flags.FROM.value,
+        cli_flags.FILE.value,
+        files.resolve(cli_flags.WORKDIR.value),
+        interpolation=cli_flags.INTERPOLATION.value,
+        resize=cli_flags.EVAL_RESIZE.value or None,
     )
     evaluation = imported["evaluation"]
     print(
         f"imported {imported['source']} ({imported['tensors']} tensors, "
-        f"{imported['num_classes']} classes) into {_WORKDIR.value} as model "
+        f"{imported['num_classes']} classes) into {cli_flags.WORKDIR.value} as model "
         f"{imported['model']!r}; evaluation: shorter side {evaluation['resize']}, center crop "
         f"{evaluation['crop']}, {evaluation['interpolation']}"
     )
@@ -355,32 +275,37 @@ def _import_weights(argv: list[str]) -> None:
 def _export_weights(argv: list[str]) -> None:
     del argv
     workdir = _require_workdir("export-weights")
-    if not _FILE.value:
+    if not cli_flags.FILE.value:
         _fail("export-weights", "--file=OUT.safetensors (or OUT.pth) is required")
     from cnnjax.weights import export_weights
 
-    count = export_weights(workdir, _FILE.value, checkpoint=_CHECKPOINT.value, target=_TO.value)
-    print(f"wrote {count} tensors in {_TO.value}'s layout to {_FILE.value}")
+    count = export_weights(
+        workdir,
+        cli_flags.FILE.value,
+        checkpoint=cli_flags.CHECKPOINT.value,
+        target=cli_flags.TO.value,
+    )
+    print(f"wrote {count} tensors in {cli_flags.TO.value}'s layout to {cli_flags.FILE.value}")
 
 
 def _predict(argv: list[str]) -> None:
     del argv
     workdir = _require_workdir("predict")
-    if not (_INPUTS.value and _OUTPUT.value):
+    if not (cli_flags.INPUTS.value and cli_flags.OUTPUT.value):
         _fail("predict", "--inputs=X.npy|FOLDER and --output=LOGITS.npy are required")
     from cnnjax.inspect.predict import predict
 
     summary = predict(
         workdir,
-        _INPUTS.value,
-        _OUTPUT.value,
-        checkpoint=_CHECKPOINT.value,
-        batch_size=_BATCH_SIZE.value,
-        use_ema=_USE_EMA.value,
+        cli_flags.INPUTS.value,
+        cli_flags.OUTPUT.value,
+        checkpoint=cli_flags.CHECKPOINT.value,
+        batch_size=cli_flags.BATCH_SIZE.value,
+        use_ema=cli_flags.USE_EMA.value,
     )
     print(
         f"logits [{summary['rows']}, {summary['classes']}] of step {summary['step']} written "
-        f"to {_OUTPUT.value}"
+        f"to {cli_flags.OUTPUT.value}"
     )
 
 

@@ -95,6 +95,35 @@ def test_merge_keeps_fresh_heads_where_shapes_differ_or_reinit_matches():
     np.testing.assert_array_equal(merged["Dense_1"]["kernel"], fresh["Dense_1"]["kernel"])
 
 
+def test_an_rgb_kernel_loads_into_a_gray_input_as_the_sum_of_its_channels():
+    """A gray image is R = G = B, on which the RGB kernel acts as its channels' sum."""
+    saved = {"Conv_0": {"kernel": np.arange(2 * 2 * 3 * 4, dtype=np.float32).reshape(2, 2, 3, 4)}}
+    fresh = {"Conv_0": {"kernel": np.zeros((2, 2, 1, 4), np.float32)}}
+    merged, kept = finetune.merge_pretrained(fresh, saved, None)
+    assert kept == []
+    expected = saved["Conv_0"]["kernel"].sum(axis=2, keepdims=True)
+    np.testing.assert_array_equal(merged["Conv_0"]["kernel"], expected)
+    gray = np.random.default_rng(0).standard_normal((1, 5, 5, 1)).astype(np.float32)
+    rgb_out = jax.lax.conv_general_dilated(
+        np.repeat(gray, 3, axis=-1),
+        saved["Conv_0"]["kernel"],
+        (1, 1),
+        "VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+    gray_out = jax.lax.conv_general_dilated(
+        gray,
+        merged["Conv_0"]["kernel"],
+        (1, 1),
+        "VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+    np.testing.assert_allclose(gray_out, rgb_out, rtol=1e-5, atol=1e-4)
+    # Another channel count (e.g. 2) is not a gray image: the fresh kernel stays.
+    two = {"Conv_0": {"kernel": np.zeros((2, 2, 2, 4), np.float32)}}
+    assert finetune.merge_pretrained(two, saved, None)[1] == ["Conv_0/kernel"]
+
+
 def test_frozen_batch_norm_uses_and_keeps_the_running_statistics():
     frozen = _lenet_state(optax.sgd(0.1), frozen_batch_norm=True)
     # Running statistics unlike any batch's, so that using them is visible in the logits.

@@ -5,7 +5,7 @@
     1  data, models, config_base, config_loader, config_values
     2  train
     3  sweep, inspect, weights
-    4  cli
+    4  cli, cli_flags
 
 Every import counts, including those inside functions ("lazy" imports) and
 `importlib.import_module("...")` with a literal name: the source is read with `ast`, nothing is
@@ -40,6 +40,7 @@ LAYERS = {
     "cnnjax.inspect": 3,
     "cnnjax.weights": 3,
     "cnnjax.cli": 4,
+    "cnnjax.cli_flags": 4,
 }
 SCRIPTS = "launch"  # the folder of runnable scripts: nothing in cnnjax may import it
 

@@ -11,6 +11,7 @@ import os
 
 import jax
 import numpy as np
+import PIL.Image
 import pytest
 from conftest import ROOT, run_cnnjax
 from torchvision_support import import_torchvision
@@ -94,6 +95,28 @@ def test_import_makes_a_run_that_predict_and_export_read(tmp_path, stored, capsy
     assert (summary["rows"], summary["classes"], summary["step"]) == (2, 1000, 0)
     logits, expected = np.load(tmp_path / "logits.npy"), stored["resnet18/logits"]
     assert np.abs(logits - expected).max() <= TOLERANCE * np.abs(expected).max()
+    # A folder of images goes through the run's evaluation transform (torchvision's: shorter
+    # side 256, center crop 224) and ImageNet normalization: the logits of those inputs as .npy.
+    from cnnjax.data.image_decoding import eval_transform
+    from cnnjax.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
+
+    folder = tmp_path / "photos"
+    os.makedirs(folder / "sub")
+    rng = np.random.default_rng(2)
+    for name, size in (("b.png", (300, 260)), ("sub/a.jpg", (240, 320))):
+        pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+        PIL.Image.fromarray(pixels).save(folder / name)
+    files = [str(folder / "b.png"), str(folder / "sub" / "a.jpg")]  # sorted paths
+    crops = [eval_transform(open(f, "rb").read(), 224, 256, draft=False) for f in files]
+    normalized = (np.stack(crops) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    np.save(tmp_path / "crops.npy", normalized.astype(np.float32))
+    predict(workdir, str(tmp_path / "crops.npy"), str(tmp_path / "by_hand.npy"))
+    summary = predict(workdir, str(folder), str(tmp_path / "folder.npy"))
+    assert summary["files"] == files
+    assert (tmp_path / "folder.txt").read_text().splitlines() == files
+    by_hand, from_folder = np.load(tmp_path / "by_hand.npy"), np.load(tmp_path / "folder.npy")
+    np.testing.assert_allclose(from_folder, by_hand, rtol=0, atol=1e-4 * np.abs(by_hand).max())
+    assert not np.allclose(from_folder[0], from_folder[1])
     # export gives back the imported tensors.
     out = str(tmp_path / "out.safetensors")
     assert export_weights(workdir, out) == len(_shapes(stored, "resnet18"))
@@ -119,7 +142,6 @@ def test_bad_weights_are_one_line(tmp_path, stored):
             "torchvision:resnet34",
             weights_file,
         ),
-        # A ResNet-50 (bottleneck) file read as ResNet-18 has tensors left over.
         "no weights file": ("torchvision:resnet18", str(tmp_path / "missing.safetensors")),
     }
     for index, (message, (source, path)) in enumerate(cases.items()):

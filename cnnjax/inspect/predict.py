@@ -24,7 +24,7 @@ from cnnjax.data.inputs import STREAMING_DATASETS, make_input
 from cnnjax.data.normalization import Normalization
 from cnnjax.errors import UserError
 from cnnjax.files import read_text, resolve
-from cnnjax.train.checkpoints import RunCheckpoints
+from cnnjax.train.checkpoints import read_saved_state
 from cnnjax.train.run import TRAIN_STATS_FILE, build_model
 from cnnjax.train.trained_run import read_run_config
 
@@ -92,14 +92,7 @@ def predict(
     config = read_run_config(workdir)
     if batch_size < 1:
         raise UserError(f"--batch_size={batch_size}: use at least 1")
-    checkpoints = RunCheckpoints(
-        workdir, keep_best=config.train.keep_best_checkpoints, read_only=True
-    )
-    try:
-        step = checkpoints.resolve(str(checkpoint))
-        saved = jax.device_get(checkpoints.restore_as_saved(step))
-    finally:
-        checkpoints.close()
+    saved, step = read_saved_state(workdir, checkpoint)
     params = saved.get("ema_params") if use_ema else saved.get("params")
     if not params:
         raise UserError("this run kept no moving average of its weights (train.ema_decay=0)")
@@ -131,10 +124,13 @@ def predict(
         x = normalization(x) if normalization is not None else x.astype(jnp.float32)
         return model.apply(variables, x, train=False).astype(jnp.float32)
 
-    rows = []
+    rows, rows_per_batch = [], min(batch_size, len(images))
     for start in range(0, len(images), batch_size):
         chunk = np.asarray(images[start : start + batch_size])
-        batch = parallel.pad_to_devices({"image": chunk, "mask": np.ones(len(chunk))}, mesh)
+        # Every batch padded to one shape (a multiple of the devices): compiled once.
+        padding = np.zeros((rows_per_batch - len(chunk), *chunk.shape[1:]), chunk.dtype)
+        padded = np.concatenate([chunk, padding])
+        batch = parallel.pad_to_devices({"image": padded, "mask": np.ones(len(padded))}, mesh)
         sharded = parallel.shard_batch({"image": batch["image"]}, mesh)
         rows.append(np.asarray(jax.device_get(logits_of(variables, sharded)))[: len(chunk)])
     logits = np.concatenate(rows)

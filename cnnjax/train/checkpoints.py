@@ -267,3 +267,15 @@ class RunCheckpoints:
             self._manager.close()
         except Exception as error:  # noqa: BLE001
             raise self._write_failure(self._pending_step, error) from None
+
+
+def read_saved_state(workdir: str, checkpoint: str = "best") -> tuple[dict, int]:
+    """The state tree (params, batch_stats, ...) of checkpoint `checkpoint` (best | latest |
+    STEP) of the run in `workdir`, as saved (numpy), and its step: no model or config needed."""
+    checkpoints = RunCheckpoints(workdir, keep_best=1, read_only=True)
+    try:
+        step = checkpoints.resolve(str(checkpoint))
+        saved = checkpoints.restore_as_saved(step)
+    finally:
+        checkpoints.close()
+    return jax.device_get(saved), step

@@ -21,7 +21,7 @@ from etils import epath
 
 from cnnjax.errors import UserError
 from cnnjax.files import resolve
-from cnnjax.train.checkpoints import RunCheckpoints
+from cnnjax.train.checkpoints import read_saved_state
 
 FROZEN = "frozen"
 BASE = "base"
@@ -100,13 +100,7 @@ def read_pretrained(workdir: str, checkpoint: str) -> tuple[dict, int]:
             f"config.init_from={workdir!r} holds no checkpoints: give the --workdir of a "
             "finished `cnnjax train` run"
         )
-    checkpoints = RunCheckpoints(workdir, keep_best=1, read_only=True)
-    try:
-        step = checkpoints.resolve(str(checkpoint))
-        saved = checkpoints.restore_as_saved(step)
-    finally:
-        checkpoints.close()
-    return jax.device_get(saved), step
+    return read_saved_state(workdir, checkpoint)
 
 
 def merge_pretrained(fresh, saved, reinit: re.Pattern | None) -> tuple[object, list[str]]:

@@ -98,6 +98,22 @@ def create_train_state(
     dynamic loss scaling.
     """
     variables = init_variables(model, input_shape=input_shape, seed=seed)
+    return train_state_from_variables(
+        model, tx, variables, seed=seed, ema=ema, loss_scale=loss_scale
+    )
+
+
+def train_state_from_variables(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    variables: dict,
+    *,
+    seed: int,
+    ema: bool = False,
+    loss_scale: float | None = None,
+) -> TrainState:
+    """The TrainState of `create_train_state` around given `variables` (params, batch_stats),
+    e.g. imported weights: the optimizer's state and the step key as for `seed`."""
     # One compiled function for the optimizer's state, not one small compilation per array shape.
     initial = functools.partial(_state, model, tx, ema, loss_scale)
     return _jit_once(initial)(variables, _keys(seed)[1])

@@ -24,13 +24,14 @@ from cnnjax.config_base import get_base_config
 from cnnjax.data.imagenet import IMAGENET_MEAN, IMAGENET_STD, torchvision_eval_settings
 from cnnjax.data.inputs import TrainingSplitStats
 from cnnjax.errors import UserError
-from cnnjax.files import write_atomically
-from cnnjax.train.checkpoints import RunCheckpoints, model_signature
+from cnnjax.files import read_text, write_atomically
+from cnnjax.train.checkpoints import RunCheckpoints, model_signature, read_saved_state
 from cnnjax.train.config_history import config_json
 from cnnjax.train.progress import RunRecord
 from cnnjax.train.run import TRAIN_STATS_FILE, build_model, make_run_optimizer, schedule_of
-from cnnjax.train.state import create_train_state
+from cnnjax.train.state import train_state_from_variables
 from cnnjax.train.trained_run import CONFIG_FILE, read_run_config
+from cnnjax.train.workdir import make_workdir
 from cnnjax.weights.convert import flax_to_torch, torch_to_flax
 from cnnjax.weights.layouts import timm_layout, torchvision_layout
 from cnnjax.weights.tensor_files import read_state_dict, write_state_dict
@@ -117,10 +118,6 @@ def imported_config(
     return config
 
 
-def _input_shape(config) -> tuple[int, int, int]:
-    return (config.data.image_size, config.data.image_size, 3)
-
-
 def imported_model(source: str, tensors: dict, *, interpolation: str = "bilinear", resize=None):
     """(config, model, variables) of the state dict `tensors` from `source` =
     'torchvision:ARCH' / 'timm:ARCH': what `import_weights` saves."""
@@ -136,7 +133,8 @@ def imported_model(source: str, tensors: dict, *, interpolation: str = "bilinear
     config = imported_config(arch, _has_aux_heads(tensors), interpolation)
     model = build_model(config, num_classes)
     layout = (timm_layout if library == "timm" else torchvision_layout)(model)
-    sample = jnp.zeros((1, *_input_shape(config)), jnp.float32)
+    size = config.data.image_size
+    sample = jnp.zeros((1, size, size, 3), jnp.float32)
     abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), sample, train=False))
     return config, model, torch_to_flax(tensors, layout, abstract)
 
@@ -152,7 +150,7 @@ def import_weights(
     """Converts `weights_file` (a `source` = 'torchvision:ARCH' / 'timm:ARCH' state dict) into a
     cnnjax run in `workdir`; returns what `imported.json` records."""
     parse_source(source)  # a bad --from fails before the file is read
-    if os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+    if read_text(os.path.join(workdir, CONFIG_FILE)) is not None:
         raise UserError(f"{workdir} already holds a run: import into a new --workdir")
     tensors = read_state_dict(weights_file)
     config, model, variables = imported_model(
@@ -161,12 +159,9 @@ def import_weights(
     num_classes = int(np.asarray(_head(variables["params"])["bias"]).shape[0])
     schedule = schedule_of(config, IMAGENET_TRAIN_EXAMPLES)
     tx = make_run_optimizer(config, schedule)
-    state = create_train_state(model, tx, input_shape=_input_shape(config), seed=config.seed)
-    state = state.replace(
-        params=jax.tree.map(jnp.asarray, variables["params"]),
-        batch_stats=jax.tree.map(jnp.asarray, variables.get("batch_stats", {})),
-    )
-    os.makedirs(workdir, exist_ok=True)
+    # The train state around the imported weights (no random initialization to throw away).
+    state = train_state_from_variables(model, tx, variables, seed=config.seed)
+    make_workdir(workdir)
     checkpoints = RunCheckpoints(workdir, keep_best=config.train.keep_best_checkpoints)
     try:
         record = RunRecord().to_checkpoint(model_signature(config.model.name, state.params), {}, {})
@@ -209,14 +204,7 @@ def export_weights(
     if target != "torchvision":
         raise UserError(f"--to={target!r}: weights export to torchvision")
     config = read_run_config(workdir)
-    checkpoints = RunCheckpoints(
-        workdir, keep_best=config.train.keep_best_checkpoints, read_only=True
-    )
-    try:
-        step = checkpoints.resolve(str(checkpoint))
-        saved = jax.device_get(checkpoints.restore_as_saved(step))
-    finally:
-        checkpoints.close()
+    saved, _ = read_saved_state(workdir, checkpoint)
     params = saved.get("params", {})
     num_classes = int(np.asarray(_head(params)["bias"]).shape[0])
     model = build_model(config, num_classes)
