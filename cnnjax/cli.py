@@ -194,15 +194,40 @@ def _require_workdir(command: str) -> str:
 def _eval(argv: list[str]) -> None:
     del argv
     workdir = _require_workdir("eval")
-    from cnnjax.inspect.evaluation_report import evaluate_workdir, format_evaluation
+    from cnnjax.inspect import evaluation_report, invariance, multicrop
 
-    result = evaluate_workdir(
-        workdir,
-        cli_flags.CHECKPOINT.value,
-        split=cli_flags.SPLIT.value or None,
-        use_ema=cli_flags.USE_EMA.value,
+    # Checked before the (slower) restore: bad numbers, --crops=3.
+    asked = invariance.parse_values(
+        shift=cli_flags.SHIFT.value,
+        rotate=cli_flags.ROTATE.value,
+        scale=cli_flags.SCALE.value,
+        permute_pixels=cli_flags.PERMUTE_PIXELS.value,
     )
-    print(format_evaluation(result))
+    crops, crop_padding = cli_flags.CROPS.value, cli_flags.CROP_PADDING.value
+    multicrop.check_crops(crops)
+    if crop_padding is not None and crops == 1:
+        _fail("eval", f"--crop_padding={crop_padding} goes with --crops=2, 5 or 10")
+    checkpoint, use_ema = cli_flags.CHECKPOINT.value, cli_flags.USE_EMA.value
+    split = cli_flags.SPLIT.value or None
+    if crops == 1 and not any(asked.values()):  # the full report of one evaluation
+        result = evaluation_report.evaluate_workdir(
+            workdir, checkpoint, split=split, use_ema=use_ema
+        )
+        print(evaluation_report.format_evaluation(result))
+        return
+    trained = evaluation_report.load_for_evaluation(
+        workdir, checkpoint, split=split, use_ema=use_ema
+    )
+    if crops != 1:
+        result = multicrop.evaluate_multicrop(
+            trained, crops, crop_padding=crop_padding, use_ema=use_ema, checkpoint=checkpoint
+        )
+        print(multicrop.format_multicrop(result))
+    if any(asked.values()):
+        result = invariance.evaluate_invariance(
+            trained, **asked, use_ema=use_ema, checkpoint=checkpoint
+        )
+        print(invariance.format_invariance(result))
 
 
 def _visualize(argv: list[str]) -> None:
@@ -219,6 +244,8 @@ def _visualize(argv: list[str]) -> None:
         cli_flags.CHECKPOINT.value,
         layers=cli_flags.LAYERS.value or None,
         image_indices=indices,
+        units=cli_flags.UNITS.value or None,
+        top_images=cli_flags.TOP_IMAGES.value,
     )
     print(format_visualization(paths))
 

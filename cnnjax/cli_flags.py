@@ -61,8 +61,41 @@ CHECKPOINT = flags.DEFINE_string(
 )
 SPLIT = flags.DEFINE_string("split", "", "eval: a TFDS split instead of the run's eval split.")
 USE_EMA = flags.DEFINE_bool("use_ema", False, "eval: the EMA of the weights (train.ema_decay).")
-LAYERS = flags.DEFINE_list("layers", [], "visualize: layers for feature maps, e.g. ConvBlock_1.")
+CROPS = flags.DEFINE_integer(
+    "crops",
+    1,
+    "eval: views averaged per image: 10 (centre, 4 corners, all mirrored), 5 (no mirrors), "
+    "2 (centre and mirror) or 1 (the usual evaluation).",
+)
+CROP_PADDING = flags.DEFINE_integer(
+    "crop_padding",
+    None,
+    "eval --crops, in-memory datasets: zero padding the crops are cut from (default: the run's "
+    "data.augment.random_crop_padding).",
+)
+SHIFT = flags.DEFINE_list(
+    "shift", [], "eval: shifts in pixels, each in 4 directions, e.g. 0,1,2,3,4 (invariance)."
+)
+ROTATE = flags.DEFINE_list(
+    "rotate", [], "eval: rotations in degrees counter-clockwise, e.g. 0,10,20,30,45 (invariance)."
+)
+SCALE = flags.DEFINE_list(
+    "scale", [], "eval: zoom factors about the centre, e.g. 0.8,0.9,1,1.1,1.2 (invariance)."
+)
+PERMUTE_PIXELS = flags.DEFINE_list(
+    "permute_pixels", [], "eval: seeds of fixed permutations of the pixel positions (invariance)."
+)
+flags.DEFINE_alias("permute-pixels", "permute_pixels")
+LAYERS = flags.DEFINE_list(
+    "layers", [], "visualize: layers for feature maps and top activations, e.g. ConvBlock_1."
+)
 IMAGES = flags.DEFINE_list("images", [], "visualize: indices of eval-split images to show.")
+UNITS = flags.DEFINE_list(
+    "units", [], "visualize: units drawn per layer in top_activations_<layer>.png (first 8)."
+)
+TOP_IMAGES = flags.DEFINE_integer(
+    "top_images", 9, "visualize: top-activating test images drawn per unit."
+)
 EXAMPLES = flags.DEFINE_integer("examples", 4, "gradcheck: training examples in the batch.")
 DIRECTIONS = flags.DEFINE_integer("directions", 4, "gradcheck: random directions checked.")
 COORDINATES = flags.DEFINE_integer("coordinates", 8, "gradcheck: single parameters checked.")

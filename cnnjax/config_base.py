@@ -43,6 +43,11 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.data.augment.horizontal_flip = False
     config.data.augment.normalize = True  # per-channel mean/std of the training split
     config.data.augment.upscale = 1  # integer nearest-neighbour upscaling (train and eval)
+    # AlexNet's "fancy PCA" colour augmentation (Krizhevsky et al. 2012): per training image, the
+    # offset sum_i p_i alpha_i lambda_i, alpha_i ~ N(0, pca_color_std), with (lambda_i, p_i) the
+    # eigen-decomposition of the training split's pixel colour covariance of x / 255 (ImageNet's
+    # published one for streaming datasets); added in whole levels of 255. AlexNet: 0.1; 0: off.
+    config.data.augment.pca_color_std = 0.0
     # TFDS data directory; None means $TFDS_DATA_DIR or ~/tensorflow_datasets.
     config.data.data_dir = ml_collections.config_dict.placeholder(str)
     # Folder of raw source files for offline preparation (the IDX .gz files of Fashion-MNIST);

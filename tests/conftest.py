@@ -63,6 +63,8 @@ def pytest_collection_modifyitems(items):
 SMOKE_TRAINING_FILES = (
     "test_cli.py",
     "test_evaluation.py",
+    "test_invariance.py",
+    "test_multicrop.py",
     "test_python_api.py",
     "test_run_faults.py",
     "test_visualize.py",

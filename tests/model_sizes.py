@@ -43,6 +43,7 @@ jit_fast = functools.partial(jax.jit, compiler_options=QUICK_COMPILE)
 SMALL = {
     "alexnet": ((64, 64, 3), {"hidden_units": 64}),
     "alexnet_paper": ((67, 67, 3), {"hidden_units": 64}),
+    "alexnet_twotower": ((67, 67, 3), {"hidden_units": 64}),
     "c3d": ((4, 16, 16, 3), {"hidden_units": 32, "stages": ((8,), (16,))}),
     "c3d_small": ((4, 16, 16, 1), {}),
     "cifar_convnet": ((32, 32, 3), {}),
@@ -52,6 +53,9 @@ SMALL = {
     "googlenet": ((32, 32, 3), {"num_classes": 10}),
     "inception_v3": ((75, 75, 3), {"num_classes": 10}),
     "lenet5": ((28, 28, 1), {}),
+    "lenet5_local": ((28, 28, 1), {}),
+    "logistic": ((8, 8, 1), {}),
+    "mlp": ((8, 8, 1), {"hidden_sizes": (16,)}),
     "unet": ((16, 16, 1), {"base_features": 4, "depth": 2}),
     "unet_small": ((16, 16, 1), {}),
 }
@@ -66,10 +70,10 @@ for _name in models.list_models():
 
 def filled_variables(model, input_shape: tuple[int, ...], seed: int = 0) -> dict:
     """Variables of the shapes `model.init` gives for inputs of `input_shape` (batch included),
-    filled on the host: kernels N(0, 1 / fan-in), scales and running variances 1, everything
-    else 0. Traced with `jax.eval_shape`, never compiled: Flax's `init` compiles one random
-    draw per parameter shape (seconds per model on 2 CPU cores), and the tests only need
-    well-scaled values."""
+    filled on the host: kernels N(0, 1 / fan-in), scales and running variances 1, PReLU slopes
+    their initial 0.25, everything else 0. Traced with `jax.eval_shape`, never compiled: Flax's
+    `init` compiles one random draw per parameter shape (seconds per model on 2 CPU cores), and
+    the tests only need well-scaled values."""
     shapes = jax.eval_shape(
         lambda: model.init(jax.random.key(0), jnp.zeros(input_shape), train=False)
     )
@@ -79,7 +83,10 @@ def filled_variables(model, input_shape: tuple[int, ...], seed: int = 0) -> dict
         name = path[-1].key
         if name == "kernel":
             fan_in = np.prod(leaf.shape[:-1])
+            if str(path[-2].key).startswith("LocallyConnected2D"):
+                fan_in = leaf.shape[-2]  # [out_h, out_w, fan-in, F]: a kernel per position
             return rng.standard_normal(leaf.shape).astype(np.float32) / np.sqrt(fan_in)
-        return np.full(leaf.shape, 1.0 if name in ("scale", "var") else 0.0, np.float32)
+        fill_value = {"scale": 1.0, "var": 1.0, "slope": 0.25}.get(name, 0.0)
+        return np.full(leaf.shape, fill_value, np.float32)
 
     return jax.tree_util.tree_map_with_path(fill, shapes)

@@ -18,9 +18,16 @@ from cnnjax.train.steps import StepOptions, training_loss
 # Published parameter counts (torchvision's for AlexNet and VGG-16; the papers' for the rest).
 PARAMS = {
     "alexnet": 61_100_840,
+    # Krizhevsky et al.'s net on one device, and with its two towers (tests/test_course_models.py
+    # adds these up layer by layer).
+    "alexnet_paper": 62_378_344,
+    "alexnet_twotower": 60_965_224,
     "vgg16": 138_357_544,
     "cifar_convnet": 22_466,
     "lenet5": 61_706,
+    "lenet5_local": 423_038,  # without weight sharing in C1 and C3
+    "logistic": 7_850,  # softmax regression on 28x28x1
+    "mlp": 636_010,  # the course's 784-800-10
     "resnet18": 11_689_512,
     "resnet34": 21_797_672,
     "resnet50": 25_557_032,
@@ -109,6 +116,7 @@ TRAINED = {
     "googlenet": {"aux_logits": True},
     "inception_v3": {"aux_logits": True},
     "lenet5": {},
+    "mlp": {},
     "resnet20": {},
     "resnet50": {},
     "unet_small": {},

@@ -29,6 +29,7 @@ from cnnjax.models.registry import get_spec
 # differences to reach the tolerance (relative errors near 1e-5 at the best step).
 CHECKS = {
     "LeNet5": ("lenet5", {"normalization": "batch", "dropout_rate": 0.5}),
+    "MLP": ("mlp", {"normalization": "batch", "dropout_rate": 0.5, "activation": "prelu"}),
     # Depth 8 (one basic block a stage, both option-A shortcuts): this check took 9 s of CPU at
     # ResNet-20's depth, 5 s at 8, most of it compiling the float64 gradient.
     "CifarResNet": ("resnet20", {"normalization": "batch", "depth": 8}),

@@ -219,7 +219,7 @@ def test_batches_are_transforms_of_the_source(image_folder):
 
 def test_batches_do_not_depend_on_workers_processes_or_the_start_step(image_folder):
     source = ImageFolderSource(image_folder)
-    kwargs = dict(batch_size=4, seed=7, image_size=16)
+    kwargs = dict(batch_size=4, seed=7, image_size=16, pca_color_std=0.1)  # all augmentations
     one, four = ImageBatches(source, workers=1, **kwargs), ImageBatches(source, workers=4, **kwargs)
     iterator = iter(ImageBatches(source, workers=3, prefetch=2, start_step=5, **kwargs))
     processes = ImageBatches(source, workers=2, worker_processes=True, start_step=5, **kwargs)

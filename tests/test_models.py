@@ -159,7 +159,7 @@ def test_inventory_lists_lenet5_with_its_count(monkeypatch):
 
 
 def test_local_response_norm_matches_the_papers_formula():
-    from cnnjax.models.layers import LocalResponseNorm
+    from cnnjax.models.alexnet import LocalResponseNorm
 
     x = jnp.arange(1.0, 8.0).reshape(1, 1, 1, 7)  # 7 channels
     y = LocalResponseNorm(size=5, alpha=0.1, beta=0.75, k=2.0).apply({}, x)
@@ -183,6 +183,7 @@ def test_adaptive_average_pool_bins_like_pytorch():
 # that run only in training, at small sizes: every module must get the model's layer options.
 FAMILY_VARIANTS = {
     "lenet5": ((28, 28, 1), {"normalization": "batch", "c3_table": True}),
+    "mlp": ((8, 8, 1), {"normalization": "batch", "hidden_sizes": (8, 4)}),
     "alexnet_paper": ((67, 67, 3), {"hidden_units": 8}),
     "vgg11_bn": ((32, 32, 3), {"width_divisor": 16, "hidden_units": 64}),
     "cifar_convnet": ((32, 32, 3), {}),

@@ -14,9 +14,10 @@ import pytest
 from conftest import RECIPE, run_cnnjax, signal_at_step, tmpfs
 from test_cli import _smoke_config, _snapshot
 
+from cnnjax.config_base import flatten
 from cnnjax.config_loader import load_config
 from cnnjax.errors import TrainingInterrupted, UserError
-from cnnjax.train import train_and_evaluate
+from cnnjax.train import config_history, train_and_evaluate
 from cnnjax.train import workdir as workdirs
 
 # A run that is good for 2 epochs (test accuracy 0.79 at step 40 on this data), then diverges
@@ -175,6 +176,19 @@ def test_a_resume_with_other_math_is_refused_unless_allowed_and_keeps_the_histor
         json.loads((workdir / "results.json").read_text())["config_changes"]
         == (results["config_changes"])
     )
+
+
+def test_a_run_recorded_before_an_option_existed_resumes_with_its_old_meaning():
+    """config.json of a LeNet-5 run from before `locally_connected` lacks the key: the recipe's
+    False computes what that run computed, True does not."""
+    config = load_config(RECIPE)
+    saved = flatten(json.loads(config_history.config_json(config)))
+    del saved["model.options.locally_connected"]
+    assert config_history.math_changes(saved, config) == {}
+    config.model.options.locally_connected = True
+    assert config_history.math_changes(saved, config) == {
+        "model.options.locally_connected": (None, True)
+    }
 
 
 def test_a_workdir_that_is_a_file_is_refused(tmp_path):

@@ -179,6 +179,8 @@ def test_visualize_workdir_writes_every_figure(smoke_run, data_dir, monkeypatch)
     paths = visualize_workdir(smoke_run, "latest", num_images=4)
     figures = ["filters", "filters_init", "activation_stats", "saliency"]
     figures += ["feature_maps_ConvBlock_0", "feature_maps_ConvBlock_1"]
+    # The deepest conv activation layer and the hidden dense layers.
+    figures += [f"top_activations_{n}" for n in ("ConvBlock_1", "Dense_0-act", "Dense_1-act")]
     assert set(figures) <= set(paths)
     out_dir = os.path.join(smoke_run, "visualize", "step_40")  # smoke: 2 epochs of 20 steps
     for name in figures:
@@ -192,6 +194,48 @@ def test_visualize_workdir_writes_every_figure(smoke_run, data_dir, monkeypatch)
     assert any(name.startswith("events") for name in os.listdir(paths["tensorboard"]))
     listing = format_visualization(paths)
     assert all(path in listing for path in paths.values())
+    with open(paths["top_activations_json"]) as f:
+        top = json.load(f)
+    assert top["step"] == 40 and top["k"] == 9
+    assert list(top["layers"]) == ["ConvBlock_1", "Dense_0/act", "Dense_1/act"]
+    _check_top_activations(smoke_run, top["layers"])
+
+
+def _check_top_activations(workdir: str, layers: dict) -> None:
+    """The JSON's top 9 per unit equal a stable sort of every test image's values, computed
+    here in one batch (visualize scanned batches of 300, the last padded)."""
+    from cnnjax.inspect.visualize import _occlusion_fill
+    from cnnjax.train.trained_run import load_trained_run
+
+    run = load_trained_run(workdir, "latest")
+    batches = list(run.input.eval_batches())
+    images = np.concatenate([b["image"][: int(b["mask"].sum())] for b in batches])
+    assert len(images) == 1000  # the whole smoke test split was scanned
+    variables = {"params": run.state.params, "batch_stats": run.state.batch_stats}
+    chosen = [la for la in _lenet_layers(run, variables) if la.name in layers]
+    values = act.capture_activations(
+        run.model, variables, np.asarray(run.input.normalization(images)), chosen
+    )
+    for name, output in values.items():
+        flat = output.reshape(1000, -1, output.shape[-1])  # [N, positions, units]
+        order = np.argsort(-flat.max(axis=1), axis=0, kind="stable")[:9].T  # [units, 9]
+        saved = layers[name]
+        assert saved["num_examples"] == 1000 and len(saved["indices"]) == output.shape[-1]
+        np.testing.assert_array_equal(saved["indices"], order)
+        best = np.take_along_axis(flat.max(axis=1), order.T, axis=0).T
+        np.testing.assert_allclose(saved["values"], best, rtol=1e-5, atol=1e-5)
+        assert ("boxes" in saved) == (output.ndim == 4)
+    # ConvBlock_1's units see rows and columns 2i - 2 ... 2i + 11 of the 28x28 input at (i, j).
+    positions, boxes = (np.asarray(layers["ConvBlock_1"][key]) for key in ("positions", "boxes"))
+    np.testing.assert_array_equal(boxes[..., 0], np.clip(2 * positions - 2, 0, 27))
+    np.testing.assert_array_equal(boxes[..., 1], np.clip(2 * positions + 11, 0, 27))
+    # Occlusion fills with the training mean: 0 in the run's standardized inputs.
+    assert np.abs(_occlusion_fill(run)).max() < 1e-6
+
+
+def _lenet_layers(run, variables) -> list:
+    blank = np.zeros((1, *run.input_shape), np.float32)
+    return act.activation_layers(act.trace_calls(run.model, variables, blank), "relu")
 
 
 def test_chosen_layers_and_images_of_the_best_checkpoint(smoke_run, capsys):
@@ -199,7 +243,11 @@ def test_chosen_layers_and_images_of_the_best_checkpoint(smoke_run, capsys):
 
     # A module path, and a layer without spatial maps; as strings, as the command line gives them.
     paths = visualize_workdir(
-        smoke_run, layers="ConvBlock_0/Conv_0,Dense_0/act", image_indices="3,5"
+        smoke_run,
+        layers="ConvBlock_0/Conv_0,Dense_0/act",
+        image_indices="3,5",
+        units="0,5",
+        top_images=3,
     )
     out_dir = os.path.join(smoke_run, "visualize")  # the best checkpoint: no step_N folder
     maps = os.path.join(out_dir, "feature_maps_ConvBlock_0-Conv_0.png")
@@ -210,6 +258,17 @@ def test_chosen_layers_and_images_of_the_best_checkpoint(smoke_run, capsys):
     assert "visualize: Dense_0/act has no spatial maps" in capsys.readouterr().out
     assert paths["saliency"] == os.path.join(out_dir, "saliency.png")
     _assert_png(paths["saliency"])
+    # --layers chooses the top activations too (--units only the rows drawn: JSON has all).
+    for name in ("top_activations_ConvBlock_0-Conv_0", "top_activations_Dense_0-act"):
+        _assert_png(paths[name])
+    with open(paths["top_activations_json"]) as f:
+        top = json.load(f)["layers"]
+    assert list(top) == ["ConvBlock_0/Conv_0", "Dense_0/act"]
+    assert np.shape(top["ConvBlock_0/Conv_0"]["indices"]) == (6, 3)
+    assert np.shape(top["Dense_0/act"]["values"]) == (120, 3)
+    # The first conv's 5x5 fields (padding 2): centered on the unit's own pixel.
+    positions, boxes = (np.asarray(top["ConvBlock_0/Conv_0"][k]) for k in ("positions", "boxes"))
+    np.testing.assert_array_equal(boxes[..., 0], np.clip(positions - 2, 0, 27))
 
 
 def test_loaded_run_keeps_the_parameters_training_started_from(smoke_run):

@@ -41,6 +41,13 @@ def validate_data_config(config: ml_collections.ConfigDict) -> None:
     check_positive(data.batch_size, "data.batch_size")
     check_positive(data.eval_batch_size, "data.eval_batch_size")
     check_positive(augment.random_crop_padding, "data.augment.random_crop_padding", allow_zero=True)
+    pca_color_std = augment.get("pca_color_std", 0.0)  # absent from configs saved before it
+    check_positive(pca_color_std, "data.augment.pca_color_std", allow_zero=True)
+    if pca_color_std and data.task != "classification":
+        raise UserError(
+            f"data task {data.task!r} takes no PCA colour augmentation: set "
+            "config.data.augment.pca_color_std=0"
+        )
     examples_per_class = data.train_examples_per_class
     check_positive(examples_per_class, "data.train_examples_per_class", allow_zero=True)
     if data.name in STREAMING_DATASETS and (data.classes or examples_per_class):

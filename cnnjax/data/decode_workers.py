@@ -41,9 +41,9 @@ _CHUNKS_PER_WORKER = 4
 @dataclasses.dataclass(frozen=True)
 class DecodeSpec:
     """What each example's transform computes: `train` (random-resized crop and flip from the
-    example's generator of `seed`) or evaluation (shorter side to `resize`, center crop), both to
-    `image_size` with Pillow's `interpolation`; `jpeg_draft` as in
-    cnnjax/data/image_decoding.py."""
+    example's generator of `seed`, and AlexNet's PCA colour offset when `pca_color_std` > 0) or
+    evaluation (shorter side to `resize`, center crop), both to `image_size` with Pillow's
+    `interpolation`; `jpeg_draft` as in cnnjax/data/image_decoding.py."""
 
     image_size: int
     train: bool = True
@@ -51,6 +51,7 @@ class DecodeSpec:
     resize: int = 256
     jpeg_draft: bool = True
     interpolation: str = "bilinear"
+    pca_color_std: float = 0.0
 
 
 def decode_example(source: ImageSource, spec: DecodeSpec, job: Job) -> tuple[np.ndarray, int]:
@@ -60,7 +61,8 @@ def decode_example(source: ImageSource, spec: DecodeSpec, job: Job) -> tuple[np.
     common = dict(size=spec.image_size, draft=spec.jpeg_draft, interpolation=spec.interpolation)
     try:
         if spec.train:
-            pixels = train_transform(data, example_rng(spec.seed, epoch, position), **common)
+            rng = example_rng(spec.seed, epoch, position)
+            pixels = train_transform(data, rng, pca_color_std=spec.pca_color_std, **common)
         else:
             pixels = eval_transform(data, resize=spec.resize, **common)
     except (PIL.UnidentifiedImageError, OSError) as error:

@@ -28,6 +28,8 @@ import math
 import numpy as np
 import PIL.Image
 
+from cnnjax.data.color_pca import IMAGENET_PCA, ColorPCA, shift_colors
+
 # Evaluation resizes the shorter side to size / 0.875 (256 for 224) before the center crop: the
 # standard ResNet/Inception protocol.
 EVAL_CROP_FRACTION = 0.875
@@ -93,10 +95,14 @@ def train_transform(
     flip: bool = True,
     draft: bool = True,
     interpolation: str = "bilinear",
+    pca_color_std: float = 0.0,
+    pca: ColorPCA = IMAGENET_PCA,
 ) -> np.ndarray:
     """Encoded image -> random-resized crop, resized to size x size with `interpolation` (a key
-    of INTERPOLATIONS), random mirror: uint8 [size, size, 3]. `draft`: decode a JPEG at a
-    reduced scale where the crop allows it.
+    of INTERPOLATIONS), random mirror, and with `pca_color_std` > 0 AlexNet's PCA colour offset
+    (alphas ~ N(0, pca_color_std), drawn from `rng` after the crop and flip; `pca` defaults to
+    Krizhevsky's published ImageNet decomposition, cnnjax/data/color_pca.py): uint8
+    [size, size, 3]. `draft`: decode a JPEG at a reduced scale where the crop allows it.
     """
     resample = _resample(interpolation)
     image = PIL.Image.open(io.BytesIO(data))
@@ -109,6 +115,8 @@ def train_transform(
     pixels = np.asarray(image.resize((size, size), resample, box=box), np.uint8)  # [S, S, 3]
     if flip and rng.random() < 0.5:
         pixels = pixels[:, ::-1]
+    if pca_color_std:
+        pixels = shift_colors(pixels, rng.normal(0.0, pca_color_std, size=3), pca)
     return pixels
 
 

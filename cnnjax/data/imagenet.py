@@ -60,7 +60,8 @@ class ImageBatches:
     `worker_processes`: `workers` processes decode instead of threads (no GIL ceiling on large
     hosts; cnnjax/data/decode_workers.py), with the same bytes. `eval_resize` (0:
     image_size / EVAL_CROP_FRACTION) and `interpolation` as config data.eval_resize and
-    data.interpolation.
+    data.interpolation. `pca_color_std` > 0: AlexNet's PCA colour offset on training crops, with
+    ImageNet's published decomposition (config data.augment.pca_color_std).
     Images stay uint8: the steps normalize them on the device (`imagenet_normalization()`).
     """
 
@@ -80,6 +81,7 @@ class ImageBatches:
         worker_processes: bool = False,
         eval_resize: int = 0,
         interpolation: str = "bilinear",
+        pca_color_std: float = 0.0,
     ):
         if not 0 < batch_size <= len(source):
             raise UserError(
@@ -93,7 +95,9 @@ class ImageBatches:
         self.worker_processes = worker_processes
         resize = eval_resize_for(image_size, eval_resize)
         # What every example's transform computes, in threads or worker processes alike.
-        self.spec = DecodeSpec(image_size, train, seed, resize, jpeg_draft, interpolation)
+        self.spec = DecodeSpec(
+            image_size, train, seed, resize, jpeg_draft, interpolation, pca_color_std
+        )
         self._order_epoch, self._order = -1, None
         self._pool = self._processes = None
 

@@ -4,10 +4,12 @@ Two kinds share one interface, `TrainingData` (sizes, `train_batches(start_step)
 `eval_batches()`), which a user's own data can also implement:
 
 * in memory: small datasets (Fashion-MNIST, MNIST, CIFAR) loaded whole as uint8 arrays, the
-  tasks derived from them, the crop/flip pipeline (cnnjax/data/pipeline.py);
+  tasks derived from them, the crop/flip/PCA-colour pipeline (cnnjax/data/pipeline.py), the
+  colour PCA computed from the training split;
 * streaming: ImageNet-style datasets (`imagenet2012`, `imagenette`, or `imagefolder` with
-  `data.image_folder`), decoded per batch in threads with random-resized crops for training and
-  resize + center crop for evaluation (cnnjax/data/imagenet.py).
+  `data.image_folder`), decoded per batch in threads with random-resized crops for training
+  (and PCA colour with ImageNet's published decomposition) and resize + center crop for
+  evaluation (cnnjax/data/imagenet.py).
 
 Both hand over uint8 images and name the `normalization` that the steps apply on the device.
 On many hosts each process asks for its own `rows` of every global batch and reads (or decodes)
@@ -26,7 +28,7 @@ from typing import Protocol
 import ml_collections
 import numpy as np
 
-from cnnjax.data import imagenet, pipeline, sources, subsets, tasks
+from cnnjax.data import color_pca, imagenet, pipeline, sources, subsets, tasks
 from cnnjax.data.normalization import Normalization
 from cnnjax.errors import UserError
 
@@ -113,6 +115,7 @@ class InMemoryInput:
             )
         else:
             self.train_split = None
+        self.pca = None  # the training split's colour PCA: computed at the first train_batches
         self.train_stats = train_stats
         self.augment = pipeline.AugmentConfig(**cfg.augment.to_dict())
         # float32 -> float -> float32 is exact, so saved statistics normalize bit for bit alike.
@@ -137,6 +140,8 @@ class InMemoryInput:
     def train_batches(self, start_step: int, rows: slice | None = None) -> Iterator[dict]:
         if self.train_split is None:
             raise ValueError("this input was built for evaluation only (from saved statistics)")
+        if self.augment.pca_color_std and self.pca is None:
+            self.pca = color_pca.color_pca(self.train_split.images)
         batches = pipeline.TrainBatches(
             self.train_split,
             batch_size=self.batch_size,
@@ -144,6 +149,7 @@ class InMemoryInput:
             augment=self.augment,
             start_step=start_step,
             rows=rows,
+            pca=self.pca,
         )
         return _counted(iter(batches), self.examples_decoded, "train")
 
@@ -177,6 +183,7 @@ class StreamingInput:
         # Keys added later: configs saved before them (evaluating an old run) mean the defaults.
         self.eval_resize = imagenet.eval_resize_for(cfg.image_size, cfg.get("eval_resize", 0))
         self.interpolation = cfg.get("interpolation", "bilinear")
+        self.pca_color_std = cfg.augment.get("pca_color_std", 0.0)
         self.num_train = len(self.train_source)
         self.num_classes = self.train_source.num_classes
         self.input_shape = (cfg.image_size, cfg.image_size, 3)
@@ -207,6 +214,7 @@ class StreamingInput:
             jpeg_draft=self.jpeg_draft,
             worker_processes=self.worker_processes,
             interpolation=self.interpolation,
+            pca_color_std=self.pca_color_std,
         )
         return _counted(iter(batches), self.examples_decoded, "train")
 

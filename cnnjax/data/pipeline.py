@@ -21,6 +21,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from cnnjax.data.color_pca import ColorPCA, color_pca, shift_colors
 from cnnjax.data.sources import Split
 
 Batch = dict[str, np.ndarray]
@@ -38,6 +39,9 @@ class AugmentConfig:
     # Integer nearest-neighbour upscaling, train and eval alike: lets nets made for large inputs
     # (Inception v3 needs 75x75 or more) run on 32x32 datasets.
     upscale: int = 1
+    # AlexNet's "fancy PCA" colour offset per training image (cnnjax/data/color_pca.py): the
+    # standard deviation of its alphas (AlexNet: 0.1), on pixels in [0, 1]; 0: off.
+    pca_color_std: float = 0.0
 
 
 def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -87,13 +91,32 @@ def random_flip(
     return np.where(flip[:, None, None, None], images[:, :, ::-1], images)
 
 
+def random_pca_color(
+    images: np.ndarray,
+    pca: ColorPCA,
+    std: float,
+    rng: np.random.Generator,
+    *,
+    batch_size: int | None = None,
+    rows: slice = slice(None),
+) -> np.ndarray:
+    """Adds AlexNet's PCA colour offset to each image of uint8 [B, H, W, C], alphas ~ N(0, std)
+    per eigenvector of `pca` (`images` may be `rows` of a batch of `batch_size`, as in
+    `random_crop`); returns uint8 [B, H, W, C] (color_pca.shift_colors: offsets in whole
+    levels, clipped)."""
+    channels = images.shape[-1]
+    alphas = rng.normal(0.0, std, size=(batch_size or images.shape[0], channels))[rows]
+    return shift_colors(images, alphas, pca)
+
+
 class TrainBatches:
     """Infinite training batches {'image': uint8 [B, H, W, C], 'label': int32 [B]}.
 
     The remainder of each epoch (N mod batch_size examples, different ones each epoch) is
     dropped so that every step has the same shape. Iterating starts at `start_step`. With
     `rows`, each batch holds only those rows of the global batch of `batch_size`. Images stay
-    uint8: the steps normalize them on the device.
+    uint8: the steps normalize them on the device. `pca`: the training split's colour
+    decomposition for `augment.pca_color_std` (computed from `split` when not given).
     """
 
     def __init__(
@@ -106,12 +129,16 @@ class TrainBatches:
         start_step: int = 0,
         prefetch: int = 3,
         rows: slice | None = None,
+        pca: ColorPCA | None = None,
     ):
         self.split, self.batch_size, self.seed = split, batch_size, seed
         self.augment, self.rows = augment, rows or slice(0, batch_size)
         self.start_step, self.prefetch = start_step, prefetch
         self.steps_per_epoch = len(split.labels) // batch_size
         self._order_epoch, self._order = -1, None
+        if augment.pca_color_std and pca is None:
+            pca = color_pca(split.images)
+        self.pca = pca
 
     def order(self, epoch: int) -> np.ndarray:
         """The permutation of example indices for `epoch`."""
@@ -132,6 +159,10 @@ class TrainBatches:
             images = random_crop(images, self.augment.random_crop_padding, rng, **draws)
         if self.augment.horizontal_flip:
             images = random_flip(images, rng, **draws)
+        # Drawn after crop and flip (which thus stay as they are without it) and added to every
+        # pixel of the crop, its zero padding too: the whole input's colour shifts, as for a photo.
+        if self.augment.pca_color_std:
+            images = random_pca_color(images, self.pca, self.augment.pca_color_std, rng, **draws)
         return {
             "image": upscale(images, self.augment.upscale),
             "label": self.split.labels[indices],

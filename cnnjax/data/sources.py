@@ -40,8 +40,10 @@ def default_data_dir() -> str:
 
 
 def resolve_source_dir(name: str, source_dir: str | None) -> str | None:
-    """The folder of local source files: the argument, $CNNJAX_DATA_SOURCE_DIR, or Debian's."""
-    return source_dir or os.environ.get(SOURCE_DIR_ENV) or DEFAULT_SOURCE_DIRS.get(name)
+    """The folder of local source files: the argument, $CNNJAX_DATA_SOURCE_DIR, or Debian's
+    (`~` expanded: a quoted `--config.data.source_dir=~/mnist` reaches us unexpanded)."""
+    folder = source_dir or os.environ.get(SOURCE_DIR_ENV) or DEFAULT_SOURCE_DIRS.get(name)
+    return os.path.expanduser(folder) if folder else None
 
 
 def load_split(
@@ -194,13 +196,10 @@ def _prepare(name: str, data_dir: str, source_dir: str | None, download: bool) -
     from cnnjax.data.idx_builders import IDX_FILES, LOCAL_BUILDERS
 
     folder = resolve_source_dir(name, source_dir)
-    local = (
-        name in LOCAL_BUILDERS
-        and folder is not None
-        and all(os.path.exists(os.path.join(folder, f)) for f in IDX_FILES)
-    )
+    missing = [f for f in IDX_FILES if not os.path.exists(os.path.join(folder or "", f))]
+    local = name in LOCAL_BUILDERS and folder is not None and not missing
     if not local and not download:
-        raise _not_found(name, data_dir, folder)
+        raise _not_found(name, data_dir, folder, missing)
 
     def make_builder():
         import tensorflow_datasets as tfds
@@ -214,7 +213,16 @@ def _prepare(name: str, data_dir: str, source_dir: str | None, download: bool) -
     prepare_once(name, data_dir, make_builder, downloads=not local)
 
 
-def _not_found(name: str, data_dir: str, folder: str | None) -> UserError:
+def _not_found(name: str, data_dir: str, folder: str | None, missing: list[str]) -> UserError:
+    from cnnjax.data.idx_builders import IDX_FILES
+
+    if name == "mnist" and folder is not None:  # the user named a folder: say what it lacks
+        lacks = "does not exist" if not os.path.isdir(folder) else f"lacks {', '.join(missing)}"
+        return UserError(
+            f"dataset 'mnist' is not prepared in {data_dir} and its source folder {folder} "
+            f"{lacks}: set config.data.source_dir (or {SOURCE_DIR_ENV}) to a folder holding "
+            f"{', '.join(IDX_FILES)}, or pass config.data.download=True with internet access"
+        )
     if name == "fashion_mnist":
         return UserError(
             f"dataset 'fashion_mnist' is not prepared in {data_dir} and its IDX files are not in "

@@ -30,10 +30,10 @@ from collections.abc import Callable, Mapping
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from cnnjax.models.layers import ConvBlock, Normalization, get_activation
+from cnnjax.inspect import attribution
+from cnnjax.models.layers import PRELU, ConvBlock, Normalization, PReLU, get_activation
 from cnnjax.models.resnet import BasicBlock
 
 CaptureFilter = Callable[[nn.Module, str], bool]
@@ -153,15 +153,29 @@ def activation_layers(calls: list[ModuleCall], activation: str) -> list[Activati
         elif call.parent_type is not None and issubclass(call.parent_type, ConvBlock):
             if call.parent_activation == "identity" and activation != "identity":
                 continue  # a residual branch before the sum, or a linear projection
-            layers.append(
-                ActivationLayer(_parent_path(call.path), call.path, call.parent_activation)
-            )
+            layer = ActivationLayer(_parent_path(call.path), call.path, call.parent_activation)
+            layers.append(_learned(layer, calls, index))
         else:
             parent = _parent_path(call.path)
             before = [c.path for c in calls[:index] if c.path and _parent_path(c.path) == parent]
             name = f"{before[-1] if before else call.path}/act"
-            layers.append(ActivationLayer(name, call.path, activation))
+            layers.append(_learned(ActivationLayer(name, call.path, activation), calls, index))
     return layers
+
+
+def _learned(layer: ActivationLayer, calls: list[ModuleCall], index: int) -> ActivationLayer:
+    """`layer`, whose normalization is `calls[index]`; with a learned activation (PReLU, whose
+    slopes are parameters that applying it by name could not use) the output of the activation
+    module that follows the normalization in the same parent instead, taken as it is."""
+    if layer.activation != PRELU:
+        return layer
+    parent = _parent_path(calls[index].path)
+    path = next(
+        c.path
+        for c in calls[index + 1 :]
+        if issubclass(c.module_type, PReLU) and _parent_path(c.path) == parent
+    )
+    return ActivationLayer(layer.name, path, "identity")
 
 
 def capture_activations(
@@ -242,22 +256,11 @@ def saliency(model: nn.Module, variables, images, classes) -> jax.Array:
     """Max over channels of |d score / d input| (Simonyan et al. 2014), [B, H, W] for images.
 
     The score of example b is its pre-softmax logit of `classes[b]` in eval mode; for per-pixel
-    logits [B, H, W, K] (segmentation) it is the logit of the center pixel. Summing the scores
-    over the batch gives every example's own gradient, since in eval mode examples do not
-    interact. Inputs [B, L, C] give [B, L]; [B, T, H, W, C] give [B, T, H, W].
+    logits [B, H, W, K] (segmentation) it is the logit of the center pixel. Inputs [B, L, C]
+    give [B, L]; [B, T, H, W, C] give [B, T, H, W]. The one implementation is
+    `cnnjax.inspect.attribution.saliency` (with gradient x input, SmoothGrad and occlusion).
     """
-
-    def total_score(variables, images, classes):
-        logits = model.apply(variables, images, train=False)
-        if logits.ndim > 2:
-            center = tuple(size // 2 for size in logits.shape[1:-1])
-            logits = logits[(slice(None), *center)]  # [B, K]
-        return jnp.take_along_axis(logits, classes[:, None], axis=1).sum()
-
-    gradient = jax.jit(jax.grad(total_score, argnums=1))(
-        variables, jnp.asarray(images, jnp.float32), jnp.asarray(classes, jnp.int32)
-    )
-    return jnp.abs(gradient).max(axis=-1)
+    return attribution.saliency(model, variables, images, classes)
 
 
 def first_conv_path(calls: list[ModuleCall]) -> str | None:

@@ -5,7 +5,9 @@ uses (cnnjax/train/evaluation.py) over every example of the evaluation split and
 `DIR/eval/step_<STEP>_<SPLIT>[_ema]/`: metrics.json, confusion.csv, per_class.csv, confusion.png
 and reliability.png; and TensorBoard scalars and images under
 `DIR/tensorboard/eval/<SPLIT>[_ema]` at the checkpoint's step, so `tensorboard --logdir
-DIR/tensorboard` shows training and evaluations side by side.
+DIR/tensorboard` shows training and evaluations side by side. `load_for_evaluation`,
+`run_description` and `write_results` serve the other evaluations of `cnnjax eval` as well:
+multi-crop testing (cnnjax/inspect/multicrop.py) and invariance (cnnjax/inspect/invariance.py).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import glob
 import json
 import os
 import re
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -83,8 +86,9 @@ def _tfds_names(cfg) -> tuple[str, ...] | None:
         return None
 
 
-def _slug(split: str, use_ema: bool) -> str:
-    """A file-name-safe form of a TFDS split string: "test[:10%]" -> "test_10pct"."""
+def split_slug(split: str, use_ema: bool = False) -> str:
+    """A file-name-safe form of a TFDS split string: "test[:10%]" -> "test_10pct" (with
+    "_ema" for the weights' moving average)."""
     text = re.sub(r"[^A-Za-z0-9.-]+", "_", split.replace("%", "pct")).strip("_") or "split"
     return f"{text}_ema" if use_ema else text
 
@@ -94,12 +98,12 @@ def compute_sums(trained: TrainedRun, *, use_ema: bool = False) -> dict[str, np.
     return trained.evaluation_sums(use_ema=use_ema)
 
 
-def evaluate_workdir(
+def load_for_evaluation(
     workdir: str, checkpoint: str = "best", *, split: str | None = None, use_ema: bool = False
-) -> dict:
-    """Evaluates checkpoint `checkpoint` (best | latest | STEP) of the run in `workdir` on its
-    evaluation split (or TFDS split `split`), writes the files and returns the results: the
-    `summarize_evaluation` metrics plus step, checkpoint, split, class_names and paths."""
+) -> TrainedRun:
+    """Restores checkpoint `checkpoint` (best | latest | STEP) of the run in `workdir` for an
+    evaluation on its evaluation split (or TFDS split `split`), after the checks that cost
+    nothing: a workdir that cannot take the results, `use_ema` without a moving average."""
     config = read_run_config(workdir)
     # Before any work: a read-only or full workdir must not cost a whole evaluation.
     ensure_writable(workdir, "evaluation results")
@@ -109,10 +113,14 @@ def evaluate_workdir(
         )
     if split is not None:
         config.data.eval_split = split
-    trained = load_trained_run(workdir, checkpoint, config=config)
+    return load_trained_run(workdir, checkpoint, config=config)
+
+
+def run_description(trained: TrainedRun, checkpoint: str, use_ema: bool) -> dict:
+    """What every evaluation result starts with: step, checkpoint, split, use_ema, model,
+    dataset and task."""
     cfg = trained.config
-    sums = compute_sums(trained, use_ema=use_ema)
-    result = {
+    return {
         "step": trained.step,
         "checkpoint": checkpoint,
         "split": cfg.data.eval_split,
@@ -120,23 +128,49 @@ def evaluate_workdir(
         "model": cfg.model.name,
         "dataset": cfg.data.name,
         "task": cfg.data.task,
+    }
+
+
+def write_results(folder: str, write: Callable[[str], None]) -> None:
+    """`write(local_folder)` on the first process, into `folder` (local, or staged and uploaded
+    to an object store); a failed write is one line."""
+    if jax.process_index() != 0:  # on many hosts, the first process writes the files
+        return
+    try:
+        with staged_folder(folder) as local:
+            write(local)
+    except OSError as error:
+        raise write_failure("evaluation results", folder, error, "rerun `cnnjax eval`") from None
+
+
+def evaluate_workdir(
+    workdir: str, checkpoint: str = "best", *, split: str | None = None, use_ema: bool = False
+) -> dict:
+    """Evaluates checkpoint `checkpoint` (best | latest | STEP) of the run in `workdir` on its
+    evaluation split (or TFDS split `split`), writes the files and returns the results: the
+    `summarize_evaluation` metrics plus step, checkpoint, split, class_names and paths."""
+    trained = load_for_evaluation(workdir, checkpoint, split=split, use_ema=use_ema)
+    cfg = trained.config
+    sums = compute_sums(trained, use_ema=use_ema)
+    result = {
+        **run_description(trained, checkpoint, use_ema),
         "class_names": class_names(trained),
         **summarize_evaluation(sums, with_mean_iou=cfg.data.task == "segmentation"),
     }
-    slug = _slug(cfg.data.eval_split, use_ema)
+    slug = split_slug(cfg.data.eval_split, use_ema)
     out = os.path.join(trained.workdir, "eval", f"step_{trained.step}_{slug}")
     tensorboard = os.path.join(trained.workdir, "tensorboard", "eval", slug)
     result["paths"] = {name: os.path.join(out, name) for name in OUTPUT_FILES}
     result["paths"]["tensorboard"] = tensorboard
-    if jax.process_index() == 0:  # on many hosts, the first process writes the files
-        try:
-            # On an object store (gs://) written to a local folder first, then uploaded.
-            with staged_folder(out) as local_out, staged_folder(tensorboard) as local_board:
-                if is_remote(tensorboard):
-                    _remove_stale_events(tensorboard, result["step"])
-                write_files(result, local_out, local_board)
-        except OSError as error:
-            raise write_failure("evaluation results", out, error, "rerun `cnnjax eval`") from None
+
+    def write(local_out: str) -> None:
+        # On an object store (gs://) written to a local folder first, then uploaded.
+        with staged_folder(tensorboard) as local_board:
+            if is_remote(tensorboard):
+                _remove_stale_events(tensorboard, result["step"])
+            write_files(result, local_out, local_board)
+
+    write_results(out, write)
     return result
 
 

@@ -6,6 +6,12 @@
   dropout 0.5 on the outputs of fc6 and fc7.
 - `paper=False` (default): the 64-192-384-256-256 form without LRN of the "one weird trick" paper
   and torchvision, 61,100,840 parameters at 224x224x3 and 1000 classes, 0.714 GMACs.
+
+`groups=2` gives the paper's two-GPU connectivity (section 3.2, figure 2): conv2, conv4 and
+conv5 each read only the maps of their own tower (grouped convolutions), while conv3 and the
+dense layers read both. With `paper=True` that is the network of the paper, 60,965,224
+parameters at 1000 classes (`alexnet_twotower`). `pool_window` / `pool_stride` switch between
+the paper's overlapping 3x3 stride-2 max-pooling (section 3.4) and non-overlapping 2x2 stride 2.
 """
 
 from __future__ import annotations
@@ -13,14 +19,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from cnnjax.models.layers import (
-    ConvBlock,
-    LayerOptions,
-    LocalResponseNorm,
-    adaptive_avg_pool,
-    get_activation,
-    pool,
-)
+from cnnjax.models.layers import ConvBlock, LayerOptions, adaptive_avg_pool, get_activation, pool
 
 # (features, kernel, stride, padding, LRN after it when LRN is on, max-pool after it)
 PAPER_LAYERS = (
@@ -39,6 +38,36 @@ COMMON_LAYERS = (
 )
 
 
+class LocalResponseNorm(nn.Module):
+    """Local response normalization across channels (Krizhevsky et al. 2012, section 3.3).
+
+    b_c = a_c / (k + alpha * sum_{c' within size/2 of c} a_{c'}^2) ** beta, with the paper's
+    constants as defaults. Unlike PyTorch's LocalResponseNorm, alpha is not divided by `size`.
+    """
+
+    size: int = 5
+    alpha: float = 1e-4
+    beta: float = 0.75
+    k: float = 2.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        half = self.size // 2
+        window_sums = jax.lax.reduce_window(
+            x * x,
+            0.0,
+            jax.lax.add,
+            (1,) * (x.ndim - 1) + (self.size,),
+            (1,) * x.ndim,
+            [(0, 0)] * (x.ndim - 1) + [(half, self.size - 1 - half)],
+        )
+        return x / (self.k + self.alpha * window_sums) ** self.beta
+
+
+# conv2, conv4 and conv5: the layers that each tower computes from its own maps only.
+TOWER_LAYERS = (1, 3, 4)
+
+
 class AlexNet(nn.Module):
     """AlexNet classifier; `__call__(x [B, H, W, 3], *, train) -> logits [B, num_classes]`."""
 
@@ -49,15 +78,17 @@ class AlexNet(nn.Module):
     paper: bool = False  # the paper's 96-256-384-384-256 net with LRN (see the module docstring)
     lrn: bool | None = None  # override: LRN after conv1/conv2 (default: as `paper`)
     hidden_units: int = 4096
+    pool_window: int = 3  # 3 and stride 2: overlapping pooling; 2 and 2: non-overlapping
+    pool_stride: int = 2
+    groups: int = 1  # 2: the paper's two towers (conv2, conv4, conv5 grouped)
     layer_options: LayerOptions = LayerOptions()
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         use_lrn = self.paper if self.lrn is None else self.lrn
         options = self.layer_options
-        for features, kernel, stride, padding, lrn_here, pool_here in (
-            PAPER_LAYERS if self.paper else COMMON_LAYERS
-        ):
+        layers = PAPER_LAYERS if self.paper else COMMON_LAYERS
+        for index, (features, kernel, stride, padding, lrn_here, pool_here) in enumerate(layers):
             x = ConvBlock(
                 features,
                 kernel,
@@ -66,12 +97,18 @@ class AlexNet(nn.Module):
                 self.activation,
                 self.normalization,
                 layer_options=options,
+                feature_group_count=self.groups if index in TOWER_LAYERS else 1,
             )(x, train=train)
             if lrn_here and use_lrn:
                 x = LocalResponseNorm()(x)
-            if pool_here and min(x.shape[1:3]) >= 3:
-                # Overlapping pooling (section 3.4).
-                x = pool(x, "max", window=3, stride=2, layer_options=options)
+            if pool_here and min(x.shape[1:3]) >= self.pool_window:
+                x = pool(
+                    x,
+                    "max",
+                    window=self.pool_window,
+                    stride=self.pool_stride,
+                    layer_options=options,
+                )
         # [B, 6, 6, C] at the default input size: the identity.
         x = adaptive_avg_pool(x, 6, layer_options=options)
         x = x.reshape(x.shape[0], -1)

@@ -44,6 +44,7 @@ from cnnjax.models.layers import (
     adaptive_avg_pool,
     get_activation,
     imagenet_to_signed_range,
+    pool,
 )
 
 # Table 1 of the paper, per module: (1x1, 3x3 reduce, 3x3, "5x5" reduce, "5x5", pool projection).
@@ -57,21 +58,15 @@ INCEPTION_4 = (
 )
 INCEPTION_5 = ((256, 160, 320, 32, 128, 128), (384, 192, 384, 48, 128, 128))
 AUX_AFTER = (0, 3)  # indices in stage 4 of the modules feeding a head: 4a and 4d
+_PLAIN_POOLING = LayerOptions(reshape_pooling=False)
 
 
 def max_pool_ceil(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Array:
-    """Max pooling of `x` [B, H, W, C] whose output size rounds up, as PyTorch's ceil_mode.
-
-    The last, partial window counts: the extra padding on the bottom/right is -inf (what
-    `nn.max_pool` pads with), so it never wins the max. With window >= stride every window
-    still starts inside the input, so PyTorch's rule of dropping a window that starts in the
-    padding never applies here.
-    """
-    pads = []
-    for size in x.shape[1:3]:
-        out = -(-(size + 2 * padding - window) // stride) + 1
-        pads.append((padding, max(0, (out - 1) * stride + window - size - padding)))
-    return nn.max_pool(x, (window, window), strides=(stride, stride), padding=pads)
+    """Max pooling of `x` [B, H, W, C] whose output size rounds up, as PyTorch's ceil_mode:
+    `layers.pool` with `ceil_mode=True`, always through `reduce_window` (the plain form)."""
+    return pool(
+        x, "max", window, stride, padding=padding, ceil_mode=True, layer_options=_PLAIN_POOLING
+    )
 
 
 class Inception(nn.Module):

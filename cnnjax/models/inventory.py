@@ -2,7 +2,8 @@
 
 MACs are counted the way the published figures are (torchvision, ptflops, fvcore): one per
 weight use in convolutions and dense layers, i.e. output elements x (kernel volume x input
-channels / groups) for a convolution and inputs x outputs for a dense layer, per example.
+channels / groups) for a convolution (locally connected layers alike: the same products,
+with a kernel per position) and inputs x outputs for a dense layer, per example.
 Normalization, activation, pooling and additions are not counted.
 """
 
@@ -14,15 +15,20 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cnnjax.models.locally_connected import LocallyConnected2D
 from cnnjax.models.registry import create, default_input_shape, list_models
 
 
 def layer_macs(module: nn.Module, args: tuple, output) -> int:
     """Multiply-accumulates of one `__call__` of `module` on `args` that returned `output`.
 
-    Counts one per weight use for nn.Conv, nn.ConvTranspose and nn.Dense, summed over the
-    non-batch dims (per example when the batch is 1); 0 for any other module.
+    Counts one per weight use for nn.Conv, nn.ConvTranspose, LocallyConnected2D and nn.Dense,
+    summed over the non-batch dims (per example when the batch is 1); 0 for any other module.
     """
+    if isinstance(module, LocallyConnected2D):
+        kernel = module.kernel_size
+        window = kernel * kernel if isinstance(kernel, int) else math.prod(kernel)
+        return math.prod(output.shape[1:]) * window * args[0].shape[-1]
     if isinstance(module, (nn.Conv, nn.ConvTranspose)):
         kernel = module.kernel_size
         kernel = tuple(kernel) if isinstance(kernel, (tuple, list)) else (kernel,)

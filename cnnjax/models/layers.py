@@ -7,11 +7,14 @@ plain string arguments and an ablation ("relu vs tanh", "batch vs group norm") i
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 from collections.abc import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from cnnjax.errors import UserError
 from cnnjax.models import conv_lowering
@@ -41,13 +44,61 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+# Named activations beyond ACTIVATIONS: "leaky_relu:<slope>" and the learned "prelu".
+LEAKY_RELU_PREFIX = "leaky_relu:"
+PRELU = "prelu"
+
+
+class PReLU(nn.Module):
+    """PReLU (He et al. 2015): x for x >= 0, a_c * x below, with a learned slope a_c per
+    channel (the last axis), starting at the paper's 0.25. `__call__(x [..., C]) -> [..., C]`."""
+
+    slope_init: float = 0.25
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        slope = self.param("slope", nn.initializers.constant(self.slope_init), (x.shape[-1],))
+        # The same expression as nn.leaky_relu, so that a slope of s gives "leaky_relu:s" exactly.
+        return jnp.where(x >= 0, x, slope.astype(x.dtype) * x)
+
+
+def _new_prelu(x: jax.Array) -> jax.Array:
+    return PReLU()(x)  # a new submodule of the module whose compact method calls this
+
+
 def get_activation(name: str) -> Activation:
-    """Returns the activation function registered under `name`."""
+    """The activation function named `name`: a key of `ACTIVATIONS`, "leaky_relu:<slope>"
+    (leaky ReLU with that negative slope, a number in [0, 1); plain "leaky_relu" is 0.01), or
+    "prelu" (`PReLU`).
+
+    For "prelu" the returned function creates a new `PReLU` submodule, with its own slopes for
+    its own channel count, every time it is called: call it only inside a Flax module's compact
+    method, where the submodule becomes a child of that module. A family that calls the
+    function for several layers (LeNet-5's `act`) so gets one PReLU per layer. Raises a one-line
+    UserError for an unknown name or a bad slope.
+    """
+    if name == PRELU:
+        return _new_prelu
+    if isinstance(name, str) and name.startswith(LEAKY_RELU_PREFIX):
+        slope = _negative_slope(name)
+        return functools.partial(nn.leaky_relu, negative_slope=slope)
     if name not in ACTIVATIONS:
-        raise UserError(
-            f"unknown activation {name!r}: choose one of {', '.join(sorted(ACTIVATIONS))}"
-        )
+        known = [*sorted(ACTIVATIONS), f"{LEAKY_RELU_PREFIX}<slope>", PRELU]
+        raise UserError(f"unknown activation {name!r}: choose one of {', '.join(known)}")
     return ACTIVATIONS[name]
+
+
+def _negative_slope(name: str) -> float:
+    try:
+        slope = float(name[len(LEAKY_RELU_PREFIX) :])
+    except ValueError:
+        slope = math.nan
+    if not (math.isfinite(slope) and 0.0 <= slope < 1.0):
+        raise UserError(
+            f"activation {name!r}: the negative slope must be a number in [0, 1), "
+            "e.g. leaky_relu:0.2"
+        )
+    return slope
 
 
 def check_choice(kind: str, value: str, choices: tuple[str, ...]) -> None:
@@ -147,24 +198,92 @@ class Normalization(nn.Module):
 
 
 def pool(
-    x: jax.Array, kind: str, window: int, stride: int, *, layer_options: LayerOptions
+    x: jax.Array,
+    kind: str,
+    window: int,
+    stride: int,
+    *,
+    padding: str | int = "VALID",
+    ceil_mode: bool = False,
+    layer_options: LayerOptions,
 ) -> jax.Array:
-    """Spatial pooling of `x` [B, H, W, C] with a square window, 'VALID' padding.
+    """Pooling of `x` [B, H, W, C] (or any number of spatial axes) with a square window.
 
-    With `layer_options.reshape_pooling`, non-overlapping windows that tile the input are
-    computed as a reshape and a reduction, which XLA:CPU compiles far better than
-    `reduce_window` (figures: benchmarks/results/fast_paths.json). The result is identical to
-    `nn.max_pool` / `nn.avg_pool`; only the gradient at exact ties differs (shared among the tied
-    inputs instead of given to one).
+    `padding`: "VALID" (none), "SAME" (output ceil(H / stride), the padding split evenly, an odd
+    pixel at the end), or an int p: p pixels on every side, at most window // 2 (PyTorch's
+    limit, so that every window reads input). `ceil_mode` (VALID or int padding) is PyTorch's:
+    the output size rounds up, so a last window may hang over the bottom/right edge, except
+    that a window starting in the right padding is not produced. Max pooling pads with -inf
+    (padding never wins). Average pooling divides as PyTorch's avg_pool2d with
+    count_include_pad=True: by the window's pixels that lie within the padded input, padding
+    included, so only a window hanging past the padding under `ceil_mode` divides by fewer;
+    "SAME" windows lie within their padding, so they divide by the whole window (`nn.avg_pool`).
+
+    With `layer_options.reshape_pooling`, non-overlapping unpadded windows that tile the input
+    are computed as a reshape and a reduction, which XLA:CPU compiles far better than
+    `reduce_window` (figures: benchmarks/results/fast_paths.json). The result is identical;
+    only the gradient at exact ties differs (shared among the tied inputs instead of given to
+    one). Returns [B, H_out, W_out, C].
     """
     check_choice("pooling", kind, POOLINGS)
-    batch, height, width, channels = x.shape
-    tiles_input = window == stride and height % window == 0 and width % window == 0
-    if tiles_input and layer_options.reshape_pooling:
-        tiles = x.reshape(batch, height // window, window, width // window, window, channels)
-        return tiles.max(axis=(2, 4)) if kind == "max" else tiles.mean(axis=(2, 4))
-    reduce = nn.max_pool if kind == "max" else nn.avg_pool
-    return reduce(x, (window, window), strides=(stride, stride), padding="VALID")
+    sizes = x.shape[1:-1]
+    declared = [_declared_padding(n, window, stride, padding, ceil_mode) for n in sizes]
+    pads = [
+        _ceil_padding(n, window, stride, pad, ceil_mode)
+        for n, pad in zip(sizes, declared, strict=True)
+    ]
+    tiles_input = window == stride and all(n % window == 0 for n in sizes)
+    if tiles_input and not any(map(any, pads)) and layer_options.reshape_pooling:
+        split = [d for n in sizes for d in (n // window, window)]
+        tiles = x.reshape(x.shape[0], *split, x.shape[-1])  # [B, H / w, w, W / w, w, C]
+        axes = tuple(range(2, 2 + 2 * len(sizes), 2))
+        return tiles.max(axis=axes) if kind == "max" else tiles.mean(axis=axes)
+    shape, strides = (window,) * len(sizes), (stride,) * len(sizes)
+    if kind == "max":
+        return nn.max_pool(x, shape, strides=strides, padding=pads)
+    sums = nn.pool(x, 0.0, jax.lax.add, shape, strides, pads)  # [B, H_out, W_out, C]
+    return sums / _window_counts(sums, sizes, window, stride, declared)
+
+
+def _declared_padding(size, window, stride, padding, ceil_mode) -> tuple[int, int]:
+    """(low, high) padding of one axis of `size` pixels as `padding` declares it."""
+    if padding == "SAME":
+        if ceil_mode:
+            raise UserError("ceil_mode rounds up VALID or integer padding; SAME already does")
+        total = max((-(-size // stride) - 1) * stride + window - size, 0)
+        return total // 2, total - total // 2
+    if padding == "VALID":
+        return 0, 0
+    if isinstance(padding, str) or not 0 <= padding <= window // 2:
+        raise UserError(
+            f"pool padding {padding!r}: use VALID, SAME or an int from 0 to half the window "
+            f"({window // 2})"
+        )
+    return int(padding), int(padding)
+
+
+def _ceil_padding(size, window, stride, declared, ceil_mode) -> tuple[int, int]:
+    """`declared` with the high side extended to hold the last window under `ceil_mode`."""
+    low, high = declared
+    if not ceil_mode:
+        return declared
+    out = -(-(size + low + high - window) // stride) + 1
+    if (out - 1) * stride >= size + low:  # PyTorch: no window starts in the right padding
+        out -= 1
+    return low, max(high, (out - 1) * stride + window - size - low)
+
+
+def _window_counts(sums, sizes, window, stride, declared):
+    """Per output position of `sums` [B, H_out, W_out, C], the pixels of its window within the
+    padded input ([H_out, W_out, 1]); an int where every window lies within it."""
+    counts = []
+    for out, size, (low, high) in zip(sums.shape[1:-1], sizes, declared, strict=True):
+        starts = np.arange(out) * stride - low
+        counts.append(np.minimum(starts + window, size + high) - starts)
+    if all((c == window).all() for c in counts):
+        return window ** len(counts)
+    grid = functools.reduce(np.multiply.outer, counts)
+    return jnp.asarray(grid[..., None], sums.dtype)
 
 
 class ConvBlock(nn.Module):
@@ -187,6 +306,9 @@ class ConvBlock(nn.Module):
     layer_options: LayerOptions = LayerOptions()
     zero_norm_scale: bool = False  # the normalization's scale starts at 0 (Normalization)
     norm_epsilon: float = 1e-5  # added to the variance by the normalization (Normalization)
+    # Grouped convolution: input and output channels split into this many groups, each output
+    # group reading only its input group (AlexNet's two towers); divides both channel counts.
+    feature_group_count: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -194,14 +316,22 @@ class ConvBlock(nn.Module):
         kernel = self.kernel_size
         kernel = (kernel,) * spatial if isinstance(kernel, int) else tuple(kernel)
         padding = self.padding if isinstance(self.padding, str) else [(self.padding,) * 2] * spatial
+        groups = self.feature_group_count
+        if x.shape[-1] % groups or self.features % groups:
+            raise UserError(
+                f"{groups} convolution groups must divide the input ({x.shape[-1]}) and output "
+                f"({self.features}) channels: choose another group count"
+            )
         x = nn.Conv(
             self.features,
             kernel,
             strides=(self.strides,) * spatial,
             padding=padding,
             kernel_dilation=(self.dilation,) * spatial,
+            feature_group_count=groups,
             use_bias=self.normalization == "none",
-            # Few channels: forward and input gradient over 2x2 pixel blocks (conv_lowering).
+            # Few channels: forward and input gradient over 2x2 pixel blocks (conv_lowering,
+            # which leaves grouped convolutions to lax.conv_general_dilated).
             conv_general_dilated=(
                 conv_lowering.convolution if self.layer_options.block_convolutions else None
             ),
@@ -213,32 +343,6 @@ class ConvBlock(nn.Module):
             epsilon=self.norm_epsilon,
         )(x, train=train)
         return get_activation(self.activation)(x)
-
-
-class LocalResponseNorm(nn.Module):
-    """Local response normalization across channels (Krizhevsky et al. 2012, section 3.3).
-
-    b_c = a_c / (k + alpha * sum_{c' within size/2 of c} a_{c'}^2) ** beta, with the paper's
-    constants as defaults. Unlike PyTorch's LocalResponseNorm, alpha is not divided by `size`.
-    """
-
-    size: int = 5
-    alpha: float = 1e-4
-    beta: float = 0.75
-    k: float = 2.0
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        half = self.size // 2
-        window_sums = jax.lax.reduce_window(
-            x * x,
-            0.0,
-            jax.lax.add,
-            (1,) * (x.ndim - 1) + (self.size,),
-            (1,) * x.ndim,
-            [(0, 0)] * (x.ndim - 1) + [(half, self.size - 1 - half)],
-        )
-        return x / (self.k + self.alpha * window_sums) ** self.beta
 
 
 def adaptive_avg_pool(x: jax.Array, output_size: int, *, layer_options: LayerOptions) -> jax.Array:

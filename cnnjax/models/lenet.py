@@ -7,6 +7,11 @@
 the S2 maps of LeCun et al.'s Table I (to break symmetry and save weights): 1,516 parameters in C3
 instead of 2,416, 60,806 in all. 28x28 inputs (MNIST, Fashion-MNIST) are zero-padded to 32x32,
 as LeCun et al. did, so that the 16x5x5 feature map before the first dense layer is unchanged.
+
+With `locally_connected=True`, C1 and C3 keep their shapes but lose weight sharing: each output
+position has its own kernel (`LocallyConnected2D`), so "weight sharing vs not" is one switch:
+C1 28*28*(5*5*1*6) + 28*28*6 = 122,304 and C3 10*10*(5*5*6*16) + 10*10*16 = 241,600
+parameters instead of 156 and 2,416, 423,038 in all (registered as `lenet5_local`).
 """
 
 from __future__ import annotations
@@ -15,8 +20,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cnnjax.errors import UserError
 from cnnjax.models.layers import ConvBlock, LayerOptions, Normalization, get_activation, pool
+from cnnjax.models.locally_connected import LocallyConnected2D
 
+FEATURE_MAPS = {"C1": 6, "C3": 16}
 # LeCun et al. 1998, Table I: the S2 maps (of 6) that each C3 map (of 16) reads.
 C3_TABLE = (
     (0, 1, 2),
@@ -71,6 +79,7 @@ class LeNet5(nn.Module):
     dropout_rate: float = 0.0
     input_size: int = 32  # inputs smaller than this are zero-padded to it
     c3_table: bool = False  # the sparse C2 -> C3 connections of the 1998 paper
+    locally_connected: bool = False  # C1 and C3 without weight sharing (module docstring)
     layer_options: LayerOptions = LayerOptions()
 
     @nn.compact
@@ -85,20 +94,40 @@ class LeNet5(nn.Module):
                 (0, 0),
             )
             x = jnp.pad(x, pads)
+        if self.c3_table and self.locally_connected:
+            raise UserError("c3_table and locally_connected are two C3s: turn one of them off")
         act = get_activation(self.activation)
         options = self.layer_options
-        block = dict(activation=self.activation, normalization=self.normalization)
-        x = ConvBlock(6, 5, **block, layer_options=options)(x, train=train)  # [B, 28, 28, 6]
+        x = self._feature_layer(x, "C1", act, train)  # [B, 28, 28, 6]
         x = pool(x, self.pooling, window=2, stride=2, layer_options=options)  # [B, 14, 14, 6]
-        if self.c3_table:
-            x = SparseC3()(x)
-            x = act(Normalization(self.normalization, layer_options=options)(x, train=train))
-        else:
-            x = ConvBlock(16, 5, **block, layer_options=options)(x, train=train)  # [B, 10, 10, 16]
+        x = self._feature_layer(x, "C3", act, train)  # [B, 10, 10, 16]
         x = pool(x, self.pooling, window=2, stride=2, layer_options=options)  # [B, 5, 5, 16]
         x = x.reshape(x.shape[0], -1)  # [B, 400]
         for features in (120, 84):
             x = nn.Dense(features)(x)
-            x = act(Normalization(self.normalization, layer_options=options)(x, train=train))
+            x = self._normalized(x, act, train)
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         return nn.Dense(self.num_classes)(x)
+
+    def _feature_layer(self, x: jax.Array, layer: str, act, train: bool) -> jax.Array:
+        """C1 (6 maps) or C3 (16): a 5x5 convolution, locally connected or with C3's table,
+        then normalization and activation."""
+        features = FEATURE_MAPS[layer]
+        if self.locally_connected:
+            local = LocallyConnected2D(features, 5, use_bias=self.normalization == "none")
+            return self._normalized(local(x), act, train)
+        if self.c3_table and layer == "C3":
+            return self._normalized(SparseC3()(x), act, train)
+        block = ConvBlock(
+            features,
+            5,
+            activation=self.activation,
+            normalization=self.normalization,
+            layer_options=self.layer_options,
+        )
+        return block(x, train=train)
+
+    def _normalized(self, x: jax.Array, act, train: bool) -> jax.Array:
+        return act(
+            Normalization(self.normalization, layer_options=self.layer_options)(x, train=train)
+        )

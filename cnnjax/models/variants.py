@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cnnjax.models.alexnet import AlexNet
+from cnnjax.models.dense import MLP
 from cnnjax.models.dilated import DilatedContextNet
 from cnnjax.models.googlenet import GoogLeNet
 from cnnjax.models.inception_v3 import InceptionV3
@@ -20,6 +21,21 @@ def lenet5(**options) -> LeNet5:
     return LeNet5(**options)
 
 
+@register("lenet5_local", family=LeNet5, input_shape=(32, 32, 1))
+def lenet5_local(**options) -> LeNet5:
+    return LeNet5(**{"locally_connected": True, **options})
+
+
+@register("logistic", family=MLP, input_shape=(28, 28, 1))
+def logistic(**options) -> MLP:
+    return MLP(**{"hidden_sizes": (), **options})
+
+
+@register("mlp", family=MLP, input_shape=(28, 28, 1))
+def mlp(**options) -> MLP:
+    return MLP(**options)
+
+
 @register("alexnet", family=AlexNet, input_shape=(224, 224, 3))
 def alexnet(**options) -> AlexNet:
     return AlexNet(**options)
@@ -28,6 +44,11 @@ def alexnet(**options) -> AlexNet:
 @register("alexnet_paper", family=AlexNet, input_shape=(227, 227, 3))
 def alexnet_paper(**options) -> AlexNet:
     return AlexNet(**{"paper": True, **options})
+
+
+@register("alexnet_twotower", family=AlexNet, input_shape=(227, 227, 3))
+def alexnet_twotower(**options) -> AlexNet:
+    return AlexNet(**{"paper": True, "groups": 2, **options})
 
 
 def _vgg(depth: int, normalization: str):

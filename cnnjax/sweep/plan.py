@@ -161,6 +161,8 @@ KEYS_ADDED_LATER = {
     "data.worker_processes": (False,),
     "data.eval_resize": (0,),
     "data.interpolation": ("bilinear",),
+    "data.augment.pca_color_std": (0.0,),
+    "model.options.locally_connected": (False,),
 }
 
 

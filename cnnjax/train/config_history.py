@@ -45,6 +45,9 @@ OPERATIONAL_KEYS = frozenset(
         "optimizer.allow_lr_increase",
     }
 )
+# Options that recipes declare since a later cnnjax, with the value that computes what runs
+# recorded before them computed: a run whose config.json lacks one resumes as before.
+OPTIONS_ADDED_LATER = {"model.options.locally_connected": False}
 ALLOW_FLAG = "--allow_config_change"
 
 
@@ -73,6 +76,9 @@ def read_saved(workdir: str) -> dict | None:
 def math_changes(saved: dict, config: ml_collections.ConfigDict) -> dict[str, tuple]:
     """{key: (recorded value, new value)} of the keys outside OPERATIONAL_KEYS that differ."""
     current = flatten(json.loads(config_json(config)))
+    for key, value in OPTIONS_ADDED_LATER.items():
+        if key not in saved and current.get(key) == value:
+            current.pop(key)
     keys = sorted((set(saved) | set(current)) - OPERATIONAL_KEYS)
     return {k: (saved.get(k), current.get(k)) for k in keys if saved.get(k) != current.get(k)}
 

@@ -6,6 +6,8 @@ the loss, top-1 and top-k hits, the confusion matrix and a calibration histogram
 confidence (the largest softmax probability). Everything is a sum, so the sums of any split of
 the data into batches add up to the same totals, and `summarize_evaluation(sums)` turns the
 totals into accuracies, per-class accuracy, expected / maximum calibration error and mean IoU.
+`multi_view_eval_step` gives the same sums for the softmax averaged over several views of each
+example (multi-crop testing), and `map_images` runs any evaluation on transformed images.
 
 Counts are int32: a float32 sum stops being exact past 2**24 (16.8M), which the pixel counts of
 a dense task's test split exceed.
@@ -59,12 +61,28 @@ def eval_step(
     nothing. `options.compute_dtype` (e.g. bfloat16) casts parameters and images as in
     training; `use_ema` evaluates the moving average of the weights.
     """
-    num_classes = options.num_classes
-    labels = batch["label"]  # [B] or [B, H, W]
-    mask = jnp.broadcast_to(batch["mask"].reshape(-1, *([1] * (labels.ndim - 1))), labels.shape)
-    # One row per counted unit (example or pixel): logits [N, K], labels and counted [N].
     images = model_inputs(batch["image"], options.normalization)  # uint8 -> float32 here
-    logits = _logits(state, images, options.dtype, use_ema).reshape(-1, num_classes)
+    logits = _logits(state, images, options.dtype, use_ema)
+    return sums_from_logits(
+        logits, batch["label"], batch["mask"], options.num_classes, num_bins=num_bins, top_k=top_k
+    )
+
+
+def sums_from_logits(
+    logits: jax.Array,
+    labels: jax.Array,
+    mask: jax.Array,
+    num_classes: int,
+    *,
+    num_bins: int = NUM_BINS,
+    top_k: int = TOP_K,
+) -> Sums:
+    """The sums of `eval_step` from float32 `logits` [B, K] or [B, H, W, K] (or any scores
+    whose log-softmax is the predicted log-probabilities), `labels` [B] or [B, H, W] and `mask`
+    [B]."""
+    mask = jnp.broadcast_to(mask.reshape(-1, *([1] * (labels.ndim - 1))), labels.shape)
+    # One row per counted unit (example or pixel): logits [N, K], labels and counted [N].
+    logits = logits.reshape(-1, num_classes)
     labels, counted = labels.reshape(-1), (mask.reshape(-1) > 0).astype(jnp.int32)
     # `where`, not a product: padding must add nothing even if its logits are not finite.
     masked = lambda values: jnp.where(counted > 0, values, 0)  # noqa: E731
@@ -93,6 +111,48 @@ def eval_step(
         "bin_confidence": per_bin(confidence),
         "bin_correct": per_bin(hit),
     }
+
+
+def view_log_probs(
+    state: TrainState, views: jax.Array, options: StepOptions, *, use_ema: bool = False
+) -> jax.Array:
+    """Log of the softmax averaged over the views of each example (multi-crop testing).
+
+    `views`: [B, V, H, W, C] (uint8, normalized here as in `eval_step`, or float). Returns
+    float32 [B, K]: log(mean over V of softmax(logits)). With one view these are the model's
+    logits themselves, so that 1-view sums are `eval_step`'s.
+    """
+    batch, num_views = views.shape[:2]
+    images = model_inputs(views.reshape(batch * num_views, *views.shape[2:]), options.normalization)
+    logits = _logits(state, images, options.dtype, use_ema)  # [B * V, K]
+    logits = logits.reshape(batch, num_views, -1)
+    if num_views == 1:
+        return logits[:, 0]
+    # log(mean(softmax)) = logsumexp over the views of the log-softmaxes, minus log V.
+    return jax.nn.logsumexp(jax.nn.log_softmax(logits), axis=1) - jnp.log(num_views)
+
+
+def multi_view_eval_step(
+    state: TrainState,
+    batch: Batch,
+    options: StepOptions,
+    *,
+    use_ema: bool = False,
+    num_bins: int = NUM_BINS,
+    top_k: int = TOP_K,
+) -> Sums:
+    """`eval_step`'s sums for the softmax averaged over views: `batch` {'image' [B, V, H, W, C],
+    'label' [B], 'mask' [B]}; the loss is the negative log of the averaged probability of the
+    label, the confidence the largest averaged probability (`view_log_probs`)."""
+    log_probs = view_log_probs(state, batch["image"], options, use_ema=use_ema)
+    return sums_from_logits(
+        log_probs,
+        batch["label"],
+        batch["mask"],
+        options.num_classes,
+        num_bins=num_bins,
+        top_k=top_k,
+    )
 
 
 def _logits(state: TrainState, images: jax.Array, compute_dtype, use_ema: bool) -> jax.Array:
@@ -281,3 +341,22 @@ def summarize_evaluation(sums: dict, *, with_mean_iou: bool = False) -> dict:
         confusion=confusion.tolist(),
     )
     return summary
+
+
+def map_images(
+    make_batches: Callable[..., Iterator[dict]], transform: Callable[[np.ndarray], np.ndarray]
+) -> Callable[..., Iterator[dict]]:
+    """`make_batches` (an input's `eval_batches`, taking `rows` or not) with `transform` applied
+    to the images of every batch, on the host: e.g. a perturbation of the uint8 images
+    (cnnjax/data/perturbations.py) or the views of multi-crop testing. Labels and masks pass
+    unchanged; the result takes `rows` like `make_batches` does."""
+
+    def batches(rows: slice | None = None) -> Iterator[dict]:
+        source = make_batches() if rows is None else make_batches(rows=rows)
+        try:
+            for batch in source:
+                yield {**batch, "image": transform(np.asarray(batch["image"]))}
+        finally:
+            source.close()  # stops the input's decoding threads now, not when collected
+
+    return batches

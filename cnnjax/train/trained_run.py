@@ -12,10 +12,12 @@ import dataclasses
 import functools
 import json
 import os
+from collections.abc import Callable, Iterator
 
 import flax.linen as nn
 import jax
 import ml_collections
+import numpy as np
 
 from cnnjax import parallel
 from cnnjax.config_base import get_base_config
@@ -24,9 +26,15 @@ from cnnjax.errors import UserError
 from cnnjax.files import read_text, resolve
 from cnnjax.train.checkpoints import RunCheckpoints, model_signature
 from cnnjax.train.config_checks import validate_config
-from cnnjax.train.evaluation import evaluation_sums, summarize_evaluation
+from cnnjax.train.evaluation import (
+    evaluation_sums,
+    map_images,
+    multi_view_eval_step,
+    summarize_evaluation,
+)
 from cnnjax.train.run import (
     TRAIN_STATS_FILE,
+    CompiledSteps,
     build_model,
     make_run_optimizer,
     make_steps,
@@ -35,6 +43,7 @@ from cnnjax.train.run import (
     step_options,
 )
 from cnnjax.train.state import TrainState, abstract_train_state, init_variables
+from cnnjax.train.steps import StepOptions
 
 CONFIG_FILE = "config.json"
 
@@ -84,24 +93,60 @@ class TrainedRun:
     def input_shape(self) -> tuple[int, ...]:
         return self.input.input_shape
 
-    def evaluation_sums(self, *, use_ema: bool = False) -> dict:
-        """The evaluator's sums (the training loop's) over every example of the evaluation
-        split, on the host; `use_ema` evaluates the moving average of the weights."""
-        compiled = make_steps(
-            step_options(self.config, self.input.num_classes, self.input.normalization),
-            mesh=self.mesh,
-            parallel_step="jit",
+    @functools.cached_property
+    def options(self) -> StepOptions:
+        """The options of the run's evaluation step (its normalization, compute dtype...)."""
+        return step_options(self.config, self.input.num_classes, self.input.normalization)
+
+    @functools.cached_property
+    def compiled_steps(self) -> CompiledSteps:
+        """The run's jitted steps, made once: evaluations of transformed images of one shape
+        (`evaluation_sums(transform=...)`) reuse one compiled evaluation."""
+        return make_steps(self.options, mesh=self.mesh, parallel_step="jit")
+
+    @functools.cached_property
+    def _multi_view_steps(self) -> dict[bool, Callable]:
+        fn = functools.partial(multi_view_eval_step, options=self.options)
+        shardings = dict(
+            in_shardings=(parallel.replicated(self.mesh), parallel.batch_sharding(self.mesh)),
+            out_shardings=parallel.replicated(self.mesh),
         )
+        return {
+            ema: jax.jit(functools.partial(fn, use_ema=ema), **shardings) for ema in (False, True)
+        }
+
+    def evaluation_sums(
+        self,
+        *,
+        use_ema: bool = False,
+        transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> dict:
+        """The evaluator's sums (the training loop's) over every example of the evaluation
+        split, on the host; `use_ema` evaluates the moving average of the weights.
+        `transform` (uint8 images [B, ...] -> uint8 of the same shape) is applied to the images
+        of every batch first, e.g. a perturbation of cnnjax/data/perturbations.py."""
+        compiled = self.compiled_steps
         if use_ema and compiled.evaluate_ema is None:
             raise UserError("this run kept no moving average of its weights (train.ema_decay=0)")
         step = compiled.evaluate_ema if use_ema else compiled.evaluate
+        batches = self.input.eval_batches
+        return self._sums(step, batches if transform is None else map_images(batches, transform))
+
+    def multi_view_sums(
+        self, view_batches: Callable[..., Iterator[dict]], *, use_ema: bool = False
+    ) -> dict:
+        """The evaluator's sums for the softmax averaged over views (multi-crop testing):
+        `view_batches(rows=None)` yields the evaluation split as {'image' [B, V, H, W, C],
+        'label' [B], 'mask' [B]} (cnnjax/inspect/multicrop.py); one compilation per view
+        shape."""
+        if use_ema and not self.config.train.ema_decay:
+            raise UserError("this run kept no moving average of its weights (train.ema_decay=0)")
+        return self._sums(self._multi_view_steps[bool(use_ema)], view_batches)
+
+    def _sums(self, step: Callable, batches: Callable[..., Iterator[dict]]) -> dict:
         try:
             return evaluation_sums(
-                step,
-                self.state,
-                self.input.eval_batches,
-                self.mesh,
-                batch_size=self.input.eval_batch_size,
+                step, self.state, batches, self.mesh, batch_size=self.input.eval_batch_size
             )
         except ValueError:
             split = self.config.data.eval_split
