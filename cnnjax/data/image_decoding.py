@@ -130,20 +130,30 @@ def eval_transform(
     """Encoded image -> shorter side resized to `resize` with `interpolation` (a key of
     INTERPOLATIONS; aspect kept), central size x size crop: uint8 [size, size, 3]. `draft`:
     decode a JPEG at a reduced scale where the shorter side stays at least `resize`."""
+    resized = eval_resized(data, resize, draft=draft, interpolation=interpolation)
+    # Rounding the crop offset as torchvision's CenterCrop does.
+    top = int(round((resized.shape[0] - size) / 2))
+    left = int(round((resized.shape[1] - size) / 2))
+    return resized[top : top + size, left : left + size]
+
+
+def eval_resized(
+    data: bytes, resize: int = 256, *, draft: bool = True, interpolation: str = "bilinear"
+) -> np.ndarray:
+    """Encoded image -> its shorter side resized to `resize`, uint8 [H', W', 3]: what
+    `eval_transform` (one centre crop) and multi-crop evaluation (five crops) cut from."""
     resample = _resample(interpolation)
     image = PIL.Image.open(io.BytesIO(data))
     width, height = image.size
-    # Truncating the longer side, and rounding the crop offset, as torchvision's Resize and
-    # CenterCrop do, so numbers reported with torchvision's evaluation are comparable.
+    # Truncating the longer side as torchvision's Resize does, so numbers reported with
+    # torchvision's evaluation are comparable.
     if width <= height:
         new_size = (resize, int(resize * height / width))
     else:
         new_size = (int(resize * width / height), resize)
     image, factor = _decode(image, new_size if draft else None)
     image = image.resize(new_size, resample, box=(0, 0, width * factor, height * factor))
-    top = int(round((new_size[1] - size) / 2))
-    left = int(round((new_size[0] - size) / 2))
-    return np.asarray(image.crop((left, top, left + size, top + size)), np.uint8)
+    return np.asarray(image, np.uint8)
 
 
 def eval_resize_for(image_size: int, eval_resize: int = 0) -> int:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import functools
-import io
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -31,7 +30,7 @@ import numpy as np
 import PIL.Image
 
 # eval_transform's own reduced JPEG decode and filter: the centre view is its crop to the byte.
-from cnnjax.data.image_decoding import _decode, _resample
+from cnnjax.data.image_decoding import eval_resized
 from cnnjax.data.inputs import StreamingInput
 from cnnjax.errors import UserError
 from cnnjax.inspect.evaluation_report import (
@@ -102,16 +101,7 @@ def encoded_views(
     """Encoded image -> the `crops` views uint8 [V, size, size, 3] of its resized version: the
     shorter side to `resize` exactly as `image_decoding.eval_transform` does (whose result is
     view 0), then `cut_views`: for 5 and 10 torchvision's FiveCrop / TenCrop."""
-    image = PIL.Image.open(io.BytesIO(data))
-    width, height = image.size
-    # Truncating the longer side, as torchvision's Resize (and eval_transform) do.
-    if width <= height:
-        new_size = (resize, int(resize * height / width))
-    else:
-        new_size = (int(resize * width / height), resize)
-    image, factor = _decode(image, new_size if draft else None)
-    box = (0, 0, width * factor, height * factor)
-    resized = np.asarray(image.resize(new_size, _resample(interpolation), box=box), np.uint8)
+    resized = eval_resized(data, resize, draft=draft, interpolation=interpolation)
     return cut_views(resized, size, size, crops)  # [V, S, S, 3]
 
 
