@@ -45,7 +45,21 @@ def _logits(model, variables, x: np.ndarray) -> np.ndarray:
     return np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x))
 
 
-@pytest.mark.parametrize("arch", list(INPUT_SIZES))
+# One architecture of each layout in the default suite; the deeper ones differ only in their
+# block counts (VGG's 9-11 s each are fc6's 102M weights): `-m slow`.
+SAME_LAYOUT_AS_A_DEFAULT_ONE = {
+    "resnet34", "resnet101", "resnet152", "wide_resnet101_2",
+    "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "arch",
+    [
+        pytest.param(arch, marks=pytest.mark.slow) if arch in SAME_LAYOUT_AS_A_DEFAULT_ONE else arch
+        for arch in INPUT_SIZES
+    ],
+)
 def test_torchvision_weights_give_torchs_logits_and_export_back(stored, arch):
     shapes = _shapes(stored, arch)
     weights = fixture_weights(shapes)
