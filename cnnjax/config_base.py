@@ -111,6 +111,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.train.loss_scale_period = 2000
     config.train.grad_accum_steps = 1  # micro-batches per step (data.batch_size is the total)
     config.train.ema_decay = 0.0  # > 0: keep an EMA of the weights and evaluate it too
+    # Evaluations (during training and `cnnjax eval`) average the softmax of each test image and
+    # of its left-right mirror: AlexNet's test-time augmentation, for images [H, W, C] of a
+    # classification task; `cnnjax eval --crops=2` does the same afterwards for any run.
+    config.train.eval_mirrored = False
     # `cnnjax train` keeps compiled steps here for later runs of the same program ("" disables);
     # the Python API leaves the process-wide cache alone (fast_paths.enable_compilation_cache).
     # ~/.cache stands for $XDG_CACHE_HOME when that is set (the test suite keeps its own).

@@ -73,3 +73,18 @@ def test_a_run_with_its_own_model_or_data_skips_their_sections():
     small = _config(**{"model.name": "mine", "data.name": "mine", "data.batch_size": 0})
     with pytest.raises(UserError, match=r"^config.data.batch_size must be > 0 \(got 0\)"):
         validate_config(small, custom_model=True, custom_data=True)
+
+
+def test_mirrored_evaluation_is_refused_outside_image_classification():
+    config = _config(
+        **{"train.eval_mirrored": True, "data.task": "rows", "model.name": "convnet1d"}
+    )
+    with pytest.raises(UserError) as error:
+        validate_config(config, custom_data=True)
+    assert str(error.value) == (
+        "train.eval_mirrored mirrors test images of a classification task, not of the 'rows' "
+        "task: set train.eval_mirrored=False"
+    )
+    config.data.task = "classification"
+    config.model.name = "lenet5"
+    validate_config(config, custom_data=True)

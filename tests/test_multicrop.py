@@ -1,6 +1,7 @@
 """Multi-crop testing (cnnjax/inspect/multicrop.py): the views, the averaged softmax against numpy,
 the streaming views against the evaluation transform, and `cnnjax eval --crops` on a run."""
 
+import dataclasses
 import functools
 import io
 import json
@@ -213,6 +214,30 @@ def test_streaming_view_batches_keep_the_evaluation_batches(tmp_path):
         np.testing.assert_array_equal(views["mask"], batch["mask"])
     assert viewed[-1]["mask"].tolist() == [1.0, 0.0]
     assert not viewed[-1]["image"][1].any()  # the padding row stays zeros
+
+
+def test_eval_mirrored_is_the_two_view_evaluation_of_image_and_mirror():
+    """train.eval_mirrored: the evaluation step itself averages each image with its mirror,
+    the sums of `multi_view_eval_step` on the hand-stacked views, bitwise."""
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (6, 4, 4, 1), dtype=np.uint8)
+    batch = {
+        "image": images,
+        "label": rng.integers(0, NUM_CLASSES, 6).astype(np.int32),
+        "mask": np.array([1, 1, 1, 1, 1, 0], np.float32),
+    }
+    state = _state()
+    mirrored_options = dataclasses.replace(OPTIONS, eval_mirrored=True)
+    mirrored = jax.device_get(
+        jax.jit(functools.partial(eval_step, options=mirrored_options))(state, batch)
+    )
+    views = {**batch, "image": np.stack([images, images[:, :, ::-1]], axis=1)}
+    step = jax.jit(functools.partial(multi_view_eval_step, options=OPTIONS))
+    expected = jax.device_get(step(state, views))
+    for key in expected:
+        np.testing.assert_array_equal(mirrored[key], expected[key], err_msg=key)
+    plain = jax.device_get(jax.jit(functools.partial(eval_step, options=OPTIONS))(state, batch))
+    assert plain["loss_sum"] != mirrored["loss_sum"]  # the flat model is not mirror-symmetric
 
 
 @pytest.fixture(scope="module")

@@ -163,6 +163,7 @@ KEYS_ADDED_LATER = {
     "data.interpolation": ("bilinear",),
     "data.augment.pca_color_std": (0.0,),
     "model.options.locally_connected": (False,),
+    "train.eval_mirrored": (False,),
 }
 
 

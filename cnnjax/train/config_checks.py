@@ -95,6 +95,11 @@ def _check_train(config: ml_collections.ConfigDict) -> None:
     check_positive(train.keep_best_checkpoints, "train.keep_best_checkpoints")
     check_choice("train.compute_dtype", train.compute_dtype, COMPUTE_DTYPES)
     check_positive(train.grad_accum_steps, "train.grad_accum_steps")
+    if train.get("eval_mirrored", False) and config.data.task not in ("classification",):
+        raise UserError(
+            f"train.eval_mirrored mirrors test images of a classification task, not of the "
+            f"{config.data.task!r} task: set train.eval_mirrored=False"
+        )
     if config.data.batch_size % train.grad_accum_steps:
         raise UserError(
             f"config.data.batch_size={config.data.batch_size} does not split into "

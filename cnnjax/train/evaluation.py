@@ -59,10 +59,17 @@ def eval_step(
     confusion [true, predicted], and per calibration bin (equal widths on [0, 1] over the
     confidence): bin_count, bin_confidence (sum) and bin_correct. Examples with mask 0 count for
     nothing. `options.compute_dtype` (e.g. bfloat16) casts parameters and images as in
-    training; `use_ema` evaluates the moving average of the weights.
+    training; `use_ema` evaluates the moving average of the weights. With
+    `options.eval_mirrored` the scores are those of the softmax averaged over each image and
+    its mirror (`view_log_probs`).
     """
-    images = model_inputs(batch["image"], options.normalization)  # uint8 -> float32 here
-    logits = _logits(state, images, options.dtype, use_ema)
+    if options.eval_mirrored:
+        image = batch["image"]  # [B, H, W, C]
+        views = jnp.stack([image, image[:, :, ::-1]], axis=1)  # [B, 2, H, W, C]
+        logits = view_log_probs(state, views, options, use_ema=use_ema)
+    else:
+        images = model_inputs(batch["image"], options.normalization)  # uint8 -> float32 here
+        logits = _logits(state, images, options.dtype, use_ema)
     return sums_from_logits(
         logits, batch["label"], batch["mask"], options.num_classes, num_bins=num_bins, top_k=top_k
     )

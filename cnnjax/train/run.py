@@ -124,6 +124,7 @@ def step_options(
         ema_decay=config.train.ema_decay,
         loss_scale_period=config.train.get("loss_scale_period", 2000),
         normalization=normalization,
+        eval_mirrored=config.train.get("eval_mirrored", False),
     )
 
 

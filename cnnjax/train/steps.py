@@ -34,7 +34,9 @@ class StepOptions:
     `grad_accum_steps`: micro-batches per step; `ema_decay`: 0, or the decay of `ema_params`;
     `loss_scale_period`: float16 only, finite steps after which the loss scale doubles;
     `normalization`: how uint8 images become float32 inputs, on the device (the input's
-    `normalization`); None when the batches' images are floats already.
+    `normalization`); None when the batches' images are floats already;
+    `eval_mirrored`: evaluation averages the softmax of each image [B, H, W, C] and of its
+    left-right mirror (AlexNet's test-time augmentation, the 2 views of `cnnjax eval --crops=2`).
     """
 
     num_classes: int
@@ -44,6 +46,7 @@ class StepOptions:
     ema_decay: float = 0.0
     loss_scale_period: int = 2000
     normalization: Normalization | None = None
+    eval_mirrored: bool = False
 
     @property
     def dtype(self):
