@@ -6,8 +6,11 @@ models|import-weights|export-weights`.
     cnnjax sweep --config=experiments/relu_vs_tanh/config.py --workdir=runs/relu_vs_tanh \\
         [--workers=2] [--share_devices] [--dry_run] [--launcher=slurm --slurm_partition=gpu ...]
     cnnjax report runs/relu_vs_tanh
-    cnnjax eval --workdir=runs/lenet5 [--checkpoint=best|latest|STEP] [--split=test]
-    cnnjax visualize --workdir=runs/lenet5 [--checkpoint=...] [--layers=A,B] [--images=0,1,2]
+    cnnjax eval --workdir=runs/lenet5 [--checkpoint=best|latest|STEP] [--split=test] \\
+        [--crops=10 [--crop_padding=2]] [--shift=0,1,2] [--rotate=0,15] [--scale=0.9,1.1] \\
+        [--permute_pixels=SEED]
+    cnnjax visualize --workdir=runs/lenet5 [--checkpoint=...] [--layers=A,B] [--images=0,1,2] \\
+        [--units=0,1] [--top_images=9]
     cnnjax gradcheck --config=configs/lenet5_fashion_mnist.py
     cnnjax summary --config=configs/lenet5_fashion_mnist.py [--depth=2]
     cnnjax models [--json]
