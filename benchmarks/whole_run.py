@@ -39,10 +39,10 @@ CASES = {
 BARE_WINDOWS, BARE_STEPS = 5, {"lenet5": 100, "resnet20": 8}
 
 
-def _config(case: str, workdir_steps: dict | None = None):
+def _config(case: str):
     from cnnjax.config_loader import load_config
 
-    overrides = {**CASES[case], **(workdir_steps or {})}
+    overrides = dict(CASES[case])
     overrides.pop("model.name", None)
     config = load_config(RECIPE, overrides)
     if "model.name" in CASES[case]:
@@ -103,7 +103,6 @@ def _in_fresh_process(case: str, kind: str) -> dict:
         check=True,
         capture_output=True,
         text=True,
-        env={**os.environ, "TQDM_DISABLE": "0"},
     ).stdout
     return json.loads(out.strip().splitlines()[-1])
 

@@ -117,14 +117,19 @@ def test_five_and_two_views_are_the_crops_and_the_mirrored_centre():
     np.testing.assert_array_equal(padded_views(images, 2, 1)[:, 0], images)  # centre = image
 
 
-def test_one_view_gives_the_sums_of_eval_step_bitwise():
-    rng = np.random.default_rng(2)
-    images = rng.integers(0, 256, (6, 4, 4, 1), dtype=np.uint8)
-    batch = {
-        "image": images,
+def _evaluation_batch(seed: int) -> dict:
+    """6 random 4x4 uint8 images with labels, the last row padding (mask 0)."""
+    rng = np.random.default_rng(seed)
+    return {
+        "image": rng.integers(0, 256, (6, 4, 4, 1), dtype=np.uint8),
         "label": rng.integers(0, NUM_CLASSES, 6).astype(np.int32),
         "mask": np.array([1, 1, 1, 1, 1, 0], np.float32),
     }
+
+
+def test_one_view_gives_the_sums_of_eval_step_bitwise():
+    batch = _evaluation_batch(2)
+    images = batch["image"]
     state = _state()
     plain = jax.device_get(jax.jit(functools.partial(eval_step, options=OPTIONS))(state, batch))
     one_view = {**batch, "image": images[:, None]}
@@ -219,13 +224,8 @@ def test_streaming_view_batches_keep_the_evaluation_batches(tmp_path):
 def test_eval_mirrored_is_the_two_view_evaluation_of_image_and_mirror():
     """train.eval_mirrored: the evaluation step itself averages each image with its mirror,
     the sums of `multi_view_eval_step` on the hand-stacked views, bitwise."""
-    rng = np.random.default_rng(3)
-    images = rng.integers(0, 256, (6, 4, 4, 1), dtype=np.uint8)
-    batch = {
-        "image": images,
-        "label": rng.integers(0, NUM_CLASSES, 6).astype(np.int32),
-        "mask": np.array([1, 1, 1, 1, 1, 0], np.float32),
-    }
+    batch = _evaluation_batch(3)
+    images = batch["image"]
     state = _state()
     mirrored_options = dataclasses.replace(OPTIONS, eval_mirrored=True)
     mirrored = jax.device_get(

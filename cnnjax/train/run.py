@@ -179,14 +179,23 @@ def make_steps(
     train = jax.jit(step, donate_argnums=0, **shardings)
 
     def make_eval(use_ema: bool):
-        fn = functools.partial(evaluation.eval_step, options=options, use_ema=use_ema)
-        if mesh is None:
-            return jax.jit(fn)
-        return jax.jit(
-            fn, in_shardings=shardings["in_shardings"], out_shardings=parallel.replicated(mesh)
+        return jit_evaluation(
+            functools.partial(evaluation.eval_step, options=options, use_ema=use_ema), mesh
         )
 
     return CompiledSteps(train, make_eval(False), make_eval(True) if options.ema_decay else None)
+
+
+def jit_evaluation(step: Callable, mesh=None) -> Callable:
+    """`step(state, batch) -> sums` jitted: with a `mesh`, the state replicated, the batch split
+    over its `data` axis and the sums replicated (`make_steps`'s evaluation, and multi-crop's)."""
+    if mesh is None:
+        return jax.jit(step)
+    return jax.jit(
+        step,
+        in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
+        out_shardings=parallel.replicated(mesh),
+    )
 
 
 def evaluate_test(

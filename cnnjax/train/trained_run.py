@@ -36,6 +36,7 @@ from cnnjax.train.run import (
     TRAIN_STATS_FILE,
     CompiledSteps,
     build_model,
+    jit_evaluation,
     make_run_optimizer,
     make_steps,
     schedule_of,
@@ -107,12 +108,9 @@ class TrainedRun:
     @functools.cached_property
     def _multi_view_steps(self) -> dict[bool, Callable]:
         fn = functools.partial(multi_view_eval_step, options=self.options)
-        shardings = dict(
-            in_shardings=(parallel.replicated(self.mesh), parallel.batch_sharding(self.mesh)),
-            out_shardings=parallel.replicated(self.mesh),
-        )
         return {
-            ema: jax.jit(functools.partial(fn, use_ema=ema), **shardings) for ema in (False, True)
+            ema: jit_evaluation(functools.partial(fn, use_ema=ema), self.mesh)
+            for ema in (False, True)
         }
 
     def evaluation_sums(
