@@ -1,7 +1,7 @@
 """The benchmark suite: JAX (plain and fast paths) vs PyTorch train steps, compile times, input.
 
     .venv/bin/python benchmarks/suite.py [--models=lenet5,resnet20,resnet18,resnet50]
-        [--json=benchmarks/results/suite.json] [--windows=5]
+        [--json=benchmarks/results/suite.json] [--windows=5] [--repeats=3]
 
 For each model (LeNet-5 28x28x1 batch 256 without normalization, as in the issue that asked for
 this; CIFAR ResNet-20 32x32x3 batch 128; ResNet-18 and ResNet-50 224x224x3 at a small batch on
@@ -14,6 +14,11 @@ a fresh process so that nothing one run compiled or allocated helps the next:
 - where PyTorch is installed (`pip install -e ".[bench]"`), the same network in PyTorch
   (torch_reference.py) with as many threads as this process may use, and the JAX/PyTorch ratio;
 - the input pipeline's images/s alone (input_pipeline.py).
+
+With --repeats=N the whole measurement (every model, every kind) runs N times in turn, so that
+a slow spell of the machine hits one repeat and not one framework; the table and the JSON's
+`train_step` rows give the median over repeats of each speed and of each per-repeat ratio, and
+`repeats` keeps every repeat's rows.
 
 Prints a table and writes everything (every window, versions, CPU) to the JSON file. Optimizer:
 SGD with momentum in both frameworks; synthetic images, so only the compute is compared.
@@ -44,6 +49,7 @@ SETTINGS = {
 _MODELS = flags.DEFINE_list("models", list(SETTINGS), f"Any of {', '.join(SETTINGS)}.")
 _WINDOWS = flags.DEFINE_integer("windows", 5, "Timed windows per measurement (median reported).")
 _JSON = flags.DEFINE_string("json", os.path.join(HERE, "results", "suite.json"), "Output file.")
+_REPEATS = flags.DEFINE_integer("repeats", 1, "Runs of the whole suite; medians over them.")
 _PIPELINE = flags.DEFINE_bool("input_pipeline", True, "Also time the input pipeline alone.")
 _CHILD = flags.DEFINE_string("child", "", "Internal: measure one thing in this process.")
 
@@ -131,6 +137,41 @@ def _measure_model(model: str, windows: int, with_torch: bool) -> dict:
     return row
 
 
+def _median(values: list) -> float | None:
+    values = sorted(v for v in values if isinstance(v, int | float))
+    if not values:
+        return None
+    middle = len(values) // 2
+    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
+
+
+_MEDIAN_KEYS = ("images_per_sec_median", "first_step_seconds")
+
+
+def summarize_repeats(repeats: list[list[dict]]) -> list[dict]:
+    """Per model, the median over repeats of each kind's speed and compile seconds and of each
+    per-repeat ratio (the ratio of medians could pair a fast JAX repeat with a slow PyTorch one)."""
+    rows = []
+    for model_rows in zip(*repeats, strict=True):
+        row = {"model": model_rows[0]["model"], "repeats": len(model_rows)}
+        for kind in ("jax_plain", "jax_fast", "jax_fast_cached_compile", "torch"):
+            measured = [r[kind] for r in model_rows if kind in r and "error" not in r[kind]]
+            if kind in model_rows[0] and not measured:
+                row[kind] = model_rows[0][kind]  # every repeat failed: keep the first error
+            elif measured:
+                row[kind] = {"batch_size": measured[0].get("batch_size")}
+                for key in _MEDIAN_KEYS:
+                    row[kind][key] = _median([m.get(key) for m in measured])
+                    row[kind][f"{key}_repeats"] = [m.get(key) for m in measured]
+        for ratio in ("ratio_jax_plain_vs_torch", "ratio_jax_fast_vs_torch"):
+            values = [r.get(ratio) for r in model_rows]
+            if any(v is not None for v in values):
+                row[ratio] = _median(values)
+                row[f"{ratio}_repeats"] = values
+        rows.append(row)
+    return rows
+
+
 def _cell(value, spec: str) -> str:
     return format(value, spec) if isinstance(value, int | float) else "-"
 
@@ -201,14 +242,22 @@ def main(argv):
         f"({machine['backend']}); PyTorch: {'yes' if with_torch else 'not installed'}",
         flush=True,
     )
-    rows = []
-    for model in _MODELS.value:
-        rows.append(_measure_model(model, _WINDOWS.value, with_torch))
-        print(f"  measured {model}", flush=True)
+    repeats = []
+    for repeat in range(_REPEATS.value):
+        rows = []
+        for model in _MODELS.value:
+            rows.append(_measure_model(model, _WINDOWS.value, with_torch))
+            print(f"  repeat {repeat + 1}/{_REPEATS.value}: measured {model}", flush=True)
+        repeats.append(rows)
+    if len(repeats) > 1:
+        rows = summarize_repeats(repeats)
     results = {"machine": machine, "train_step": rows}
+    if len(repeats) > 1:
+        results["repeats"] = repeats
     if _PIPELINE.value:
         results["input_pipeline"] = _run_child("pipeline", "lenet5", _WINDOWS.value)
-    print("\ntrain step, images/s (median of windows); ratios JAX / PyTorch")
+    over = f"; medians over {len(repeats)} repeats" if len(repeats) > 1 else ""
+    print(f"\ntrain step, images/s (median of windows{over}); ratios JAX / PyTorch")
     print(_table(rows))
     pipeline = results.get("input_pipeline", {})
     if "error" in pipeline:
