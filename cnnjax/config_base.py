@@ -58,6 +58,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     # this order, in both splits; "" keeps every class.
     config.data.classes = ""
     config.data.train_examples_per_class = 0  # > 0: the first n training examples of each class
+    # One fixed shuffle of the pixel positions, drawn from this seed, applied to every training
+    # and evaluation image (the course's "shuffled pixels": a dense net does not care, a ConvNet
+    # loses its locality prior); the shuffle of `cnnjax eval --permute_pixels=SEED`. -1: off.
+    config.data.pixel_permutation_seed = -1
     # ImageNet-style datasets (imagenet2012, imagenette, imagefolder) are decoded per batch:
     config.data.image_size = 224  # random-resized crops for training, center crops for eval
     config.data.image_folder = ml_collections.config_dict.placeholder(str)  # imagefolder: DIR
@@ -140,6 +144,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     return config
 
 
+_TRUE_WORDS = ("", "1", "true", "yes")
+_FALSE_WORDS = ("0", "false", "no")
+
+
 def parse_arg(arg: str | None, **defaults):
     """Parses the `key=value,key2=value2` argument of `file.py:arg` into typed values.
 
@@ -155,7 +163,13 @@ def parse_arg(arg: str | None, **defaults):
             )
         default = defaults[key]
         if isinstance(default, bool):
-            parsed[key] = value.lower() in ("", "1", "true", "yes")
+            if value.lower() not in _TRUE_WORDS + _FALSE_WORDS:
+                # A typo must not pass as False: `smoke=Ture` would start the full study.
+                raise UserError(
+                    f"config argument {key}={value!r} is not a bool: give {key} or {key}=true / "
+                    f"{key}=false"
+                )
+            parsed[key] = value.lower() in _TRUE_WORDS
         elif default is None:
             parsed[key] = value
         else:

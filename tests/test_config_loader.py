@@ -118,3 +118,11 @@ def test_a_missing_file_or_argument_is_one_user_error(tmp_path):
     )
     with pytest.raises(UserError, match="unknown config argument 'smok'"):
         load_config(f"{RECIPE}:smok")
+    # A bool argument takes only the words for true and false: a typo is not False.
+    with pytest.raises(UserError, match="config argument smoke='Ture' is not a bool"):
+        load_config(f"{RECIPE}:smoke=Ture")
+    assert load_config(f"{RECIPE}:smoke=no").train.epochs == load_config(RECIPE).train.epochs
+    assert (
+        load_config(f"{RECIPE}:smoke=yes").train.epochs
+        == load_config(f"{RECIPE}:smoke").train.epochs
+    )
