@@ -5,6 +5,7 @@ models|import-weights|export-weights`.
         [--config.optimizer.learning_rate=0.002] [--config=configs/x.py:smoke]
     cnnjax sweep --config=experiments/relu_vs_tanh/config.py --workdir=runs/relu_vs_tanh \\
         [--workers=2] [--share_devices] [--dry_run] [--launcher=slurm --slurm_partition=gpu ...]
+        [--launcher=inline]   (every run inside this process, one at a time: tests, debugging)
     cnnjax report runs/relu_vs_tanh
     cnnjax eval --workdir=runs/lenet5 [--checkpoint=best|latest|STEP] [--split=test] \\
         [--crops=10 [--crop_padding=2]] [--shift=0,1,2] [--rotate=0,15] [--scale=0.9,1.1] \\

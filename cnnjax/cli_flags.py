@@ -36,7 +36,14 @@ SHARE_DEVICES = flags.DEFINE_bool(
     "of a GPU's memory (without it, each worker gets its own GPUs or TPU chips).",
 )
 DRY_RUN = flags.DEFINE_bool("dry_run", False, "sweep: print what would run and start nothing.")
-LAUNCHER = flags.DEFINE_enum("launcher", "local", ["local", "slurm"], "sweep: where runs go.")
+LAUNCHER = flags.DEFINE_enum(
+    "launcher",
+    "local",
+    ["local", "slurm", "inline"],
+    "sweep: where runs go: local (a `cnnjax train` process per run, --workers at a time), slurm "
+    "(an array job), inline (one after another inside this process, no isolation: for tests, "
+    "debugging and tiny sweeps).",
+)
 SLURM_PARTITION = flags.DEFINE_string("slurm_partition", "", "sweep on SLURM: partition.")
 SLURM_TIME = flags.DEFINE_string("slurm_time", "04:00:00", "sweep on SLURM: time per run.")
 SLURM_CPUS = flags.DEFINE_integer("slurm_cpus_per_task", 4, "sweep on SLURM: CPUs per run.")

@@ -52,3 +52,39 @@ def validate_data_config(config: ml_collections.ConfigDict) -> None:
     check_positive(examples_per_class, "data.train_examples_per_class", allow_zero=True)
     if data.name in STREAMING_DATASETS and (data.classes or examples_per_class):
         raise UserError("config.data.classes and train_examples_per_class are for in-memory data")
+    check_pixel_permutation(config)
+
+
+def check_pixel_permutation(config: ml_collections.ConfigDict) -> None:
+    """One line where `data.pixel_permutation_seed` cannot apply: a seed below -1, data that is
+    not images of an in-memory classification dataset, or transforms of the unshuffled image
+    (crops, flips, mirrored evaluation) that would give the net back the locality it removes."""
+    data = config.data
+    seed = data.get("pixel_permutation_seed", -1)  # absent from configs saved before it
+    key = "config.data.pixel_permutation_seed"
+    if not isinstance(seed, int) or seed < -1:
+        raise UserError(f"{key}={seed!r}: give a seed >= 0, or -1 for no shuffle")
+    if seed == -1:
+        return
+    if data.name in STREAMING_DATASETS:
+        raise UserError(
+            f"{key} shuffles the images of in-memory datasets ({', '.join(KNOWN_DATASETS)}), "
+            f"not {data.name!r}: set it to -1"
+        )
+    if data.task != "classification":
+        raise UserError(
+            f"{key} shuffles the pixels of classification images, not of the {data.task!r} "
+            "task's inputs (its labels would need the same shuffle): set it to -1"
+        )
+    augment = data.augment
+    if augment.random_crop_padding or augment.horizontal_flip:
+        raise UserError(
+            f"{key} with random crops or flips: they move and mirror the unshuffled image, "
+            "which tells the net which pixels are neighbours; set "
+            "config.data.augment.random_crop_padding=0 and horizontal_flip=False"
+        )
+    if config.get("train") is not None and config.train.get("eval_mirrored", False):
+        raise UserError(
+            f"{key} with train.eval_mirrored: the mirror of a shuffled image is not the "
+            "shuffled mirror of the image; set train.eval_mirrored=False"
+        )

@@ -5,7 +5,8 @@ Two kinds share one interface, `TrainingData` (sizes, `train_batches(start_step)
 
 * in memory: small datasets (Fashion-MNIST, MNIST, CIFAR) loaded whole as uint8 arrays, the
   tasks derived from them, the crop/flip/PCA-colour pipeline (cnnjax/data/pipeline.py), the
-  colour PCA computed from the training split;
+  colour PCA computed from the training split, and optionally one fixed shuffle of the pixel
+  positions of every training and evaluation image (data.pixel_permutation_seed);
 * streaming: ImageNet-style datasets (`imagenet2012`, `imagenette`, or `imagefolder` with
   `data.image_folder`), decoded per batch in threads with random-resized crops for training
   (and PCA colour with ImageNet's published decomposition) and resize + center crop for
@@ -118,6 +119,8 @@ class InMemoryInput:
         self.pca = None  # the training split's colour PCA: computed at the first train_batches
         self.train_stats = train_stats
         self.augment = pipeline.AugmentConfig(**cfg.augment.to_dict())
+        # A key added later: configs saved before it (evaluating an old run) mean off.
+        self.pixel_permutation_seed = cfg.get("pixel_permutation_seed", -1)
         # float32 -> float -> float32 is exact, so saved statistics normalize bit for bit alike.
         self.mean = np.asarray(train_stats.mean, np.float32)
         self.std = np.asarray(train_stats.std, np.float32)
@@ -150,12 +153,17 @@ class InMemoryInput:
             start_step=start_step,
             rows=rows,
             pca=self.pca,
+            pixel_permutation_seed=self.pixel_permutation_seed,
         )
         return _counted(iter(batches), self.examples_decoded, "train")
 
     def eval_batches(self, rows: slice | None = None) -> Iterator[dict]:
         batches = pipeline.eval_batches(
-            self.test_split, batch_size=self.eval_batch_size, augment=self.augment, rows=rows
+            self.test_split,
+            batch_size=self.eval_batch_size,
+            augment=self.augment,
+            rows=rows,
+            pixel_permutation_seed=self.pixel_permutation_seed,
         )
         return _counted(batches, self.examples_decoded, "eval")
 

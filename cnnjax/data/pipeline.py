@@ -22,6 +22,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from cnnjax.data.color_pca import ColorPCA, color_pca, shift_colors
+from cnnjax.data.perturbations import permute_pixels
 from cnnjax.data.sources import Split
 
 Batch = dict[str, np.ndarray]
@@ -55,6 +56,15 @@ def upscale(images: np.ndarray, factor: int) -> np.ndarray:
     if factor == 1:
         return images
     return images.repeat(factor, axis=1).repeat(factor, axis=2)
+
+
+def model_inputs(images: np.ndarray, factor: int, permutation_seed: int) -> np.ndarray:
+    """What the model takes of uint8 [B, H, W, C] (after any augmentation), training and
+    evaluation alike: upscaled by `factor`, then, for `permutation_seed` >= 0, with the pixel
+    positions shuffled by `perturbations.permute_pixels` (the shuffle that `cnnjax eval
+    --permute_pixels=SEED` applies to the images a model takes, so both see the same images)."""
+    images = upscale(images, factor)
+    return images if permutation_seed < 0 else permute_pixels(images, permutation_seed)
 
 
 def random_crop(
@@ -117,6 +127,8 @@ class TrainBatches:
     `rows`, each batch holds only those rows of the global batch of `batch_size`. Images stay
     uint8: the steps normalize them on the device. `pca`: the training split's colour
     decomposition for `augment.pca_color_std` (computed from `split` when not given).
+    `pixel_permutation_seed` >= 0 shuffles the pixel positions of every image the same way
+    (`model_inputs`); -1: off.
     """
 
     def __init__(
@@ -130,8 +142,10 @@ class TrainBatches:
         prefetch: int = 3,
         rows: slice | None = None,
         pca: ColorPCA | None = None,
+        pixel_permutation_seed: int = -1,
     ):
         self.split, self.batch_size, self.seed = split, batch_size, seed
+        self.pixel_permutation_seed = pixel_permutation_seed
         self.augment, self.rows = augment, rows or slice(0, batch_size)
         self.start_step, self.prefetch = start_step, prefetch
         self.steps_per_epoch = len(split.labels) // batch_size
@@ -164,7 +178,7 @@ class TrainBatches:
         if self.augment.pca_color_std:
             images = random_pca_color(images, self.pca, self.augment.pca_color_std, rng, **draws)
         return {
-            "image": upscale(images, self.augment.upscale),
+            "image": model_inputs(images, self.augment.upscale, self.pixel_permutation_seed),
             "label": self.split.labels[indices],
         }
 
@@ -186,13 +200,16 @@ def eval_batches(
     mean: np.ndarray | None = None,
     std: np.ndarray | None = None,
     rows: slice | None = None,
+    pixel_permutation_seed: int = -1,
 ) -> Iterator[Batch]:
     """Every example of `split` once, in order; the last batch is zero-padded to `batch_size`.
 
     Each batch has 'mask' float32 [B] (1 for real examples, 0 for padding) so that jitted
     evaluation keeps one shape and still counts every example exactly once. With `rows` each
     batch holds only those rows of the global batch (rows past `batch_size` are padding too).
-    Images stay uint8 (`mean` and `std` are not used: the steps normalize).
+    Images stay uint8 (`mean` and `std` are not used: the steps normalize); they are the
+    model's inputs as in training (`model_inputs`: upscaled, pixels shuffled for
+    `pixel_permutation_seed` >= 0).
     """
     del mean, std
     rows = rows or slice(0, batch_size)
@@ -208,7 +225,7 @@ def eval_batches(
             images = np.concatenate([images, np.zeros((padding, *images.shape[1:]), images.dtype)])
             labels = np.concatenate([labels, np.zeros((padding, *labels.shape[1:]), labels.dtype)])
         yield {
-            "image": upscale(images, augment.upscale),
+            "image": model_inputs(images, augment.upscale, pixel_permutation_seed),
             "label": labels,
             "mask": (np.arange(len(wanted)) < real).astype(np.float32),
         }

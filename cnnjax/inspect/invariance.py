@@ -176,7 +176,7 @@ def check_values(shifts: Sequence[int], scales: Sequence[float]) -> None:
             raise UserError(f"--scale={scale}: give factors > 0 (1: the image as it is)")
 
 
-def _check_run(trained: TrainedRun, rotations: Sequence[float], scales: Sequence[float]) -> int:
+def check_run(trained: TrainedRun, rotations: Sequence[float], scales: Sequence[float]) -> int:
     """The number of spatial axes of the run's inputs, after one line for what cannot be
     evaluated: dense tasks, and rotations or zooms of 1-D or 3-D inputs."""
     task = trained.config.data.task
@@ -193,6 +193,21 @@ def _check_run(trained: TrainedRun, rotations: Sequence[float], scales: Sequence
             "(use --shift or --permute_pixels)"
         )
     return spatial_dims
+
+
+def run_evaluator(trained: TrainedRun, use_ema: bool = False) -> Callable:
+    """`evaluate(transform)` for `invariance_curves`: the run's evaluation sums with `transform`
+    applied to its images. On a run trained on shuffled pixels (data.pixel_permutation_seed)
+    the transform acts on the unshuffled image (a shift moves the object, not the shuffled
+    pattern), which is then shuffled again as the run's inputs are."""
+    seed = trained.config.data.get("pixel_permutation_seed", -1)
+
+    def evaluate(transform: Callable | None) -> dict:
+        if transform is not None:
+            transform = perturbations.under_permutation(transform, seed)
+        return trained.evaluation_sums(use_ema=use_ema, transform=transform)
+
+    return evaluate
 
 
 def evaluate_invariance(
@@ -214,9 +229,9 @@ def evaluate_invariance(
     `invariance_curves` (baseline and a row list per transform) and `paths`. `checkpoint` is
     only recorded.
     """
-    spatial_dims = _check_run(trained, rotations, scales)
+    spatial_dims = check_run(trained, rotations, scales)
     curves = invariance_curves(
-        lambda transform: trained.evaluation_sums(use_ema=use_ema, transform=transform),
+        run_evaluator(trained, use_ema),
         spatial_dims=spatial_dims,
         shifts=shifts,
         rotations=rotations,

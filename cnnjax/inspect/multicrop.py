@@ -185,6 +185,11 @@ def _check_run(trained: TrainedRun, crop_padding: int | None) -> None:
     if len(trained.input_shape) != 3:
         shape = "x".join(map(str, trained.input_shape))
         raise UserError(f"--crops needs images [H, W, C]; this run's inputs are {shape}")
+    if cfg.get("pixel_permutation_seed", -1) >= 0:
+        raise UserError(
+            "--crops: this run trained on shuffled pixels (data.pixel_permutation_seed), whose "
+            "crops and mirrors mean nothing; evaluate it with plain `cnnjax eval`"
+        )
     streaming = isinstance(trained.input, StreamingInput)
     if streaming and crop_padding is not None:
         raise UserError(

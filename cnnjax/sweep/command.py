@@ -9,10 +9,12 @@ import ml_collections
 from cnnjax import files
 from cnnjax.errors import UserError
 from cnnjax.sweep import devices as sweep_devices
-from cnnjax.sweep import local_executor, slurm_executor
+from cnnjax.sweep import inline_executor, local_executor, slurm_executor
 from cnnjax.sweep import report as sweep_report
 from cnnjax.sweep import status as run_status
 from cnnjax.sweep.plan import make_plan, write_plan
+
+LAUNCHERS = ("local", "slurm", "inline")
 
 
 def _states(plan) -> dict[str, str]:
@@ -32,8 +34,17 @@ def sweep(
 ) -> int:
     """Plans the sweep, runs (or submits) what is not done, writes the report; returns the exit
     status (1 when a run failed). Local runs get their own GPUs or TPU chips (more `workers`
-    than GPUs only with `share_devices`; UserError otherwise)."""
+    than GPUs only with `share_devices`; UserError otherwise). `launcher="inline"` trains the
+    runs one after another in this process (cnnjax/sweep/inline_executor.py: tests, debugging,
+    tiny sweeps)."""
     refuse_object_store(workdir)
+    if launcher not in LAUNCHERS:
+        raise UserError(f"unknown --launcher={launcher!r}: use {', '.join(LAUNCHERS)}")
+    if launcher == "inline" and workers != 1:
+        raise UserError(
+            f"--launcher=inline runs one run at a time in this process: drop --workers={workers} "
+            "or use --launcher=local"
+        )
     plan = make_plan(config, workdir, sweep_file=config_file)
     states = _states(plan)
     todo = [r for r in plan.runs if states[r.run_id] not in (run_status.DONE, run_status.RUNNING)]
@@ -47,16 +58,19 @@ def sweep(
         print(f"  running elsewhere, left alone: {run.run_id}")
     if launcher == "slurm":
         return _slurm(plan, todo, dry_run, slurm_options)
-    if launcher != "local":
-        raise UserError(f"unknown --launcher={launcher!r}: use local or slurm")
-    accelerators = sweep_devices.find_accelerators()
-    devices = sweep_devices.device_slots(accelerators, workers, share=share_devices)
+    inline = launcher == "inline"
+    devices = ()
+    if not inline:
+        accelerators = sweep_devices.find_accelerators()
+        devices = sweep_devices.device_slots(accelerators, workers, share=share_devices)
     if dry_run:
         print("dry run: nothing is started; would run, in this order:")
-        if todo:
-            print(local_executor.describe(todo, workers, devices))
-        else:
+        if not todo:
             print("nothing: every run is done")
+        elif inline:
+            print(inline_executor.describe(todo))
+        else:
+            print(local_executor.describe(todo, workers, devices))
         return 0
     write_plan(plan)
     total = len(todo)
@@ -71,14 +85,19 @@ def sweep(
         else:
             detail = _result_line(run.workdir)
         print(f"[{done}/{len(plan.runs)} done] {state}: {run.run_id}  {detail or ''}", flush=True)
-        sweep_report.write_report(plan.sweep_dir)  # readable while the sweep goes on
+        if not inline:  # its runs take about a second: the report's plots, half a second
+            sweep_report.write_report(plan.sweep_dir)  # readable while the sweep goes on
 
     if total:
-        print(f"running {total} runs, {workers} at a time (logs: <run>/{run_status.LOG_FILE})")
+        at_once = "one after another in this process" if inline else f"{workers} at a time"
+        print(f"running {total} runs, {at_once} (logs: <run>/{run_status.LOG_FILE})")
         if devices:
             print("\n".join(sweep_devices.describe_slots(devices, os.environ)))
         try:
-            local_executor.run_all(todo, workers, on_finish=on_finish, devices=devices)
+            if inline:
+                inline_executor.run_all(todo, on_finish=on_finish)
+            else:
+                local_executor.run_all(todo, workers, on_finish=on_finish, devices=devices)
         except KeyboardInterrupt:  # the runs were stopped; their checkpoints remain
             sweep_report.write_report(plan.sweep_dir)
             print("\ninterrupted: rerun the same command to resume (finished runs are kept)")

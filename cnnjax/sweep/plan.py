@@ -164,6 +164,7 @@ KEYS_ADDED_LATER = {
     "data.augment.pca_color_std": (0.0,),
     "model.options.locally_connected": (False,),
     "train.eval_mirrored": (False,),
+    "data.pixel_permutation_seed": (-1,),
 }
 
 

@@ -22,6 +22,10 @@ PARTIAL at the top. CPU runs on different numbers of threads get a warning at th
                 crosses a value (e.g. training error <= 25%), per run from metrics.jsonl
     curves      [[split, key], ...] drawn per arm (default test and train accuracy)
     reference   the arm the others are compared with (default the first arm)
+    invariance  {"shift": (0, 1, 2)}: test accuracy under test-time transforms per run,
+                evaluated once and cached in its workdir (cnnjax/sweep/report_invariance.py);
+                metrics test_accuracy_shift_0, ..., a table of arms by value and
+                invariance_<kind>.png
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import os
 from cnnjax.config_loader import format_value
 from cnnjax.errors import UserError
 from cnnjax.metrics import read_metrics
-from cnnjax.sweep import stats
+from cnnjax.sweep import report_invariance, stats
 from cnnjax.sweep import status as run_status
 from cnnjax.sweep.plan import read_plan_json
 
@@ -63,7 +67,9 @@ def collect(sweep_dir: str) -> dict:
             "written before the first run starts)"
         )
     options = plan.get("report") or {}
+    invariance = report_invariance.parse_options(options.get("invariance"))
     metrics = list(options.get("metrics") or DEFAULT_METRICS)
+    metrics += report_invariance.metric_names(invariance)  # set below, from each run's cache
     thresholds = list(options.get("thresholds") or [])
     rows, curves, platforms = [], {}, {}
     for run in plan["runs"]:
@@ -96,6 +102,12 @@ def collect(sweep_dir: str) -> dict:
         rows.append(row)
         curves[run["run_id"]] = records
         platforms[run["run_id"]] = results.get("platform") if done else None
+    if invariance:
+        # Only once no run runs or waits: the evaluations would take a running run's CPU, or
+        # delay (and load JAX in the launcher before) starting the next one.
+        waiting = (run_status.RUNNING, run_status.PENDING)
+        settled = not any(row["state"] in waiting for row in rows)
+        report_invariance.add_metrics(rows, invariance, evaluate=settled)
     return {
         "plan": plan,
         "rows": rows,
@@ -103,6 +115,7 @@ def collect(sweep_dir: str) -> dict:
         "curves": curves,
         "metrics": metrics + [t["name"] for t in thresholds],
         "thresholds": thresholds,
+        "invariance": invariance,
     }
 
 
@@ -235,6 +248,7 @@ def summary_markdown(collected: dict, summaries: dict, compared: list[dict]) -> 
             )
         lines.append("")
     lines += _pivot(collected, summaries)
+    lines += report_invariance.summary_lines(collected, summaries)
     failed = [r for r in rows if r["state"] == run_status.FAILED]
     if failed:
         lines += ["## Failed runs", "", "| run | error |", "|---|---|"]

@@ -1,4 +1,5 @@
-"""The report's figures: learning curves per arm with 95% bands, and a bar chart per arm."""
+"""The report's figures: learning curves per arm with 95% bands, a bar chart per arm, and test
+accuracy against each invariance transform's value per arm."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections import defaultdict
 
 from matplotlib.figure import Figure  # not pyplot: the process's backend is the user's
 
-from cnnjax.sweep import stats
+from cnnjax.sweep import report_invariance, stats
 
 # The report's `curves` when the sweep config names none: [split, key] per panel.
 DEFAULT_CURVES = (("test", "accuracy"), ("train", "accuracy"))
@@ -69,7 +70,46 @@ def draw(collected: dict, summaries: dict, out: str, *, partial: bool) -> dict:
         paths[metric] = _bars(
             collected, summaries, metric, os.path.join(out, f"{metric}.png"), suffix
         )
+    for kind, values in (collected.get("invariance") or {}).items():
+        path = os.path.join(out, f"invariance_{kind}.png")
+        paths[f"invariance_{kind}"] = _invariance(collected, summaries, kind, values, path, suffix)
     return paths
+
+
+def _invariance(collected: dict, summaries: dict, kind: str, values, path: str, suffix: str) -> str:
+    """Test accuracy against the transform's value, one line per arm: the mean over seeds with
+    its 95% interval as error bars (report.invariance; cnnjax/sweep/report_invariance.py)."""
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    for index, arm in enumerate(collected["plan"]["arms"]):
+        cells = [summaries[arm][report_invariance.metric_name(kind, v)] for v in values]
+        shown = [(v, c) for v, c in zip(values, cells, strict=True) if c.n]
+        if not shown:
+            continue
+        errors = [c.half_width if math.isfinite(c.half_width) else 0.0 for _, c in shown]
+        ax.errorbar(
+            [v for v, _ in shown],
+            [c.mean for _, c in shown],
+            yerr=errors,
+            capsize=3,
+            marker="o",
+            markersize=4,
+            linewidth=1.3,
+            # Past the 10 colours of the cycle, dashes tell the arms apart.
+            linestyle="-" if index < 10 else "--",
+            label=f"{arm} (n={max(c.n for _, c in shown)})",
+        )
+    note = " (mean of 4 directions)" if kind == "shift" else ""
+    ax.set_xlabel(f"{kind} ({report_invariance.UNITS[kind]}){note}")
+    ax.set_ylabel("test accuracy")
+    ax.set_xticks(list(values))
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="best")
+    ax.set_title(f"test accuracy under {kind}: mean and 95% CI over seeds{suffix}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
 
 
 def _bars(collected: dict, summaries: dict, metric: str, path: str, suffix: str) -> str:

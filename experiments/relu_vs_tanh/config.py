@@ -17,7 +17,7 @@ crossed within a fifth of an epoch by both activations.
 Arguments (`config.py:key=value,...`): stage=tune|main, dataset=fashion_mnist|cifar10,
 download (let TFDS download the dataset), lr_relu / lr_tanh (the main stage's learning rates;
 default: the tuned ones below, 0.01 for a dataset not tuned here), smoke (a tiny budget for
-tests: 1,024 examples, 2 seeds, seconds a run).
+tests: 512 examples, 2 seeds, about a second a run).
 See README.md for the measured table.
 """
 
@@ -79,7 +79,7 @@ def get_config(arg: str | None = None):
         sweep.seeds = (1, 2, 3, 4, 5)
     if args.smoke:
         errors = (0.6,)
-        sweep.overrides["data"]["train_split"] = "train[:1024]"
+        sweep.overrides["data"]["train_split"] = "train[:512]"
         sweep.overrides["data"]["eval_split"] = "test[:256]"
         sweep.overrides["train"]["epochs"] = 2
         sweep.overrides["train"]["log_every_steps"] = 2
