@@ -18,5 +18,15 @@ def get_config(arg: str | None = None):
     config.model.name = "alexnet_paper" if args.paper else "alexnet"
     config.model.dropout_rate = 0.5
     config.model.options.hidden_units = 1024
+    # The switches of the paper's ablations and of a small AlexNet, declared so that sweeps can
+    # set them (experiments/alexnet_design): LRN after conv1 and conv2 (the paper's net has it)
+    # and its alpha, 3x3 or 2x2 stride-2 max-pooling, the filter-count factor, zero-padding of
+    # smaller inputs (0: none).
+    config.model.options.lrn = args.paper
+    config.model.options.lrn_alpha = 1e-4
+    config.model.options.pool_window = 3
+    config.model.options.pool_stride = 2
+    config.model.options.width_multiplier = 1.0
+    config.model.options.input_size = 0
     config.optimizer.learning_rate = 0.02  # no normalization layers: 0.1 diverges early
     return config

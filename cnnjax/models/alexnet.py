@@ -12,13 +12,23 @@ conv5 each read only the maps of their own tower (grouped convolutions), while c
 dense layers read both. With `paper=True` that is the network of the paper, 60,965,224
 parameters at 1000 classes (`alexnet_twotower`). `pool_window` / `pool_stride` switch between
 the paper's overlapping 3x3 stride-2 max-pooling (section 3.4) and non-overlapping 2x2 stride 2.
+
+A small AlexNet for CPU studies: `width_multiplier` scales every convolution's filter count
+(0.25 with `paper=True`: 24-64-96-96-64), `hidden_units` the dense layers, and `input_size`
+zero-pads smaller inputs (as LeNet-5's 28 -> 32) to a size whose maps stay odd at each pooling
+point, where 3x3 and 2x2 stride-2 pooling give maps of equal size as in the paper (its
+227 = 4 * 55 + 7: 55 -> 27 -> 13 -> 6). 112x112 Fashion-MNIST (upscaled 4x) padded to
+131 = 4 * 31 + 7 gives 31 -> 15 -> 7 -> 3 with either pooling; unpadded, 6x6 maps would pool to
+2x2 (overlapping) or 3x3 (non-overlapping).
 """
 
 from __future__ import annotations
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
+from cnnjax.errors import UserError
 from cnnjax.models.layers import ConvBlock, LayerOptions, adaptive_avg_pool, get_activation, pool
 
 # (features, kernel, stride, padding, LRN after it when LRN is on, max-pool after it)
@@ -77,10 +87,16 @@ class AlexNet(nn.Module):
     dropout_rate: float = 0.5
     paper: bool = False  # the paper's 96-256-384-384-256 net with LRN (see the module docstring)
     lrn: bool | None = None  # override: LRN after conv1/conv2 (default: as `paper`)
+    # LRN's alpha. The paper's 1e-4 suits its inputs, mean-subtracted 0-255 pixels; on inputs
+    # divided by c (standardized ones), c^2 * 1e-4 normalizes alike, since
+    # LRN_alpha(c * a) = c * LRN_{c^2 alpha}(a).
+    lrn_alpha: float = 1e-4
     hidden_units: int = 4096
     pool_window: int = 3  # 3 and stride 2: overlapping pooling; 2 and 2: non-overlapping
     pool_stride: int = 2
     groups: int = 1  # 2: the paper's two towers (conv2, conv4, conv5 grouped)
+    width_multiplier: float = 1.0  # scales every convolution's filter count (a small AlexNet)
+    input_size: int = 0  # > 0: smaller inputs are zero-padded to this size (module docstring)
     layer_options: LayerOptions = LayerOptions()
 
     @nn.compact
@@ -88,9 +104,10 @@ class AlexNet(nn.Module):
         use_lrn = self.paper if self.lrn is None else self.lrn
         options = self.layer_options
         layers = PAPER_LAYERS if self.paper else COMMON_LAYERS
+        x = self._padded(x)
         for index, (features, kernel, stride, padding, lrn_here, pool_here) in enumerate(layers):
             x = ConvBlock(
-                features,
+                self._scaled(features),
                 kernel,
                 stride,
                 padding,
@@ -100,7 +117,7 @@ class AlexNet(nn.Module):
                 feature_group_count=self.groups if index in TOWER_LAYERS else 1,
             )(x, train=train)
             if lrn_here and use_lrn:
-                x = LocalResponseNorm()(x)
+                x = LocalResponseNorm(alpha=self.lrn_alpha)(x)
             if pool_here and min(x.shape[1:3]) >= self.pool_window:
                 x = pool(
                     x,
@@ -120,3 +137,22 @@ class AlexNet(nn.Module):
             if self.paper:  # the paper drops the outputs of fc6 and fc7
                 x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         return nn.Dense(self.num_classes)(x)
+
+    def _scaled(self, features: int) -> int:
+        """`features` times `width_multiplier`, rounded to a multiple of `groups` (at least one
+        filter per group), so that the towers still split every grouped layer evenly."""
+        if not self.width_multiplier > 0:
+            raise UserError(
+                f"AlexNet width_multiplier={self.width_multiplier}: use a positive factor "
+                "(1.0 is the full net, 0.25 a quarter of its filters)"
+            )
+        per_group = round(features * self.width_multiplier / self.groups)
+        return max(1, per_group) * self.groups
+
+    def _padded(self, x: jax.Array) -> jax.Array:
+        """`x` [B, H, W, C] zero-padded (evenly, an odd pixel at the end) to `input_size`."""
+        pad_h, pad_w = (max(0, self.input_size - n) for n in x.shape[1:3])
+        if not (pad_h or pad_w):
+            return x
+        halves = ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2))
+        return jnp.pad(x, (*halves, (0, 0)))

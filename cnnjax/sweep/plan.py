@@ -165,6 +165,13 @@ KEYS_ADDED_LATER = {
     "model.options.locally_connected": (False,),
     "train.eval_mirrored": (False,),
     "data.pixel_permutation_seed": (-1,),
+    # alexnet_cifar10.py declares lrn as its variant computed it: off, and on with :paper.
+    "model.options.lrn": (False, True),
+    "model.options.lrn_alpha": (1e-4,),
+    "model.options.pool_window": (3,),
+    "model.options.pool_stride": (2,),
+    "model.options.width_multiplier": (1.0,),
+    "model.options.input_size": (0,),
 }
 
 

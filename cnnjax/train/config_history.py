@@ -47,7 +47,17 @@ OPERATIONAL_KEYS = frozenset(
 )
 # Options that recipes declare since a later cnnjax, with the value that computes what runs
 # recorded before them computed: a run whose config.json lacks one resumes as before.
-OPTIONS_ADDED_LATER = {"model.options.locally_connected": False}
+OPTIONS_ADDED_LATER = {
+    "model.options.locally_connected": False,
+    # configs/alexnet_cifar10.py's ablation switches, at AlexNet's defaults (LRN: those of the
+    # recipe's default net; a `:paper` run of before resumes with --allow_config_change)
+    "model.options.lrn": False,
+    "model.options.lrn_alpha": 1e-4,
+    "model.options.pool_window": 3,
+    "model.options.pool_stride": 2,
+    "model.options.width_multiplier": 1.0,
+    "model.options.input_size": 0,
+}
 ALLOW_FLAG = "--allow_config_change"
 
 
