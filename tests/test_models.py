@@ -107,6 +107,24 @@ def test_group_norm_uses_a_divisor_of_narrow_channel_counts():
     np.testing.assert_allclose(y.mean(axis=(1, 2)), 0, atol=1e-5)
 
 
+def test_group_with_a_count_normalizes_over_that_many_channel_groups():
+    x = np.asarray(jax.random.normal(jax.random.key(0), (2, 4, 4, 8))) * 3 + 1
+    layer = Normalization("group:2")
+    y = np.asarray(layer.apply(layer.init(jax.random.key(0), x, train=True), x, train=True))
+    # Two groups of 4 channels, each standardized over its positions and channels together.
+    groups = x.reshape(2, 4, 4, 2, 4)
+    mean = groups.mean(axis=(1, 2, 4), keepdims=True)
+    std = np.sqrt(groups.var(axis=(1, 2, 4), keepdims=True) + 1e-5)
+    np.testing.assert_allclose(y, ((groups - mean) / std).reshape(x.shape), atol=1e-5)
+    # group:3 on 8 channels: the largest divisor of 8 up to 3, so 2 groups.
+    three = Normalization("group:3")
+    y3 = three.apply(three.init(jax.random.key(0), x, train=True), x, train=True)
+    np.testing.assert_array_equal(np.asarray(y3), y)
+    for bad in ("group:0", "group:x", "group:"):
+        with pytest.raises(UserError, match=f"normalization '{bad}': give a whole number"):
+            Normalization(bad).init(jax.random.key(0), x, train=True)
+
+
 @pytest.mark.parametrize("kind", ["group", "instance"])
 def test_group_norm_gradient_stays_float32_accurate_for_offset_inputs(kind):
     """Channels whose mean is 100x their spread: mean(x^2) - mean^2 would cancel in float32."""
@@ -138,7 +156,7 @@ def test_unknown_activation_and_normalization_fail_clearly():
     x = jnp.zeros((1, 28, 28, 1))
     with pytest.raises(UserError, match="unknown activation 'relu6'"):
         models.create("lenet5", activation="relu6").init(jax.random.key(0), x, train=False)
-    with pytest.raises(UserError, match="unknown normalization 'batchnorm'"):
+    with pytest.raises(UserError, match="unknown normalization 'batchnorm'.*, group, group:<G>"):
         models.create("lenet5", normalization="batchnorm").init(jax.random.key(0), x, train=False)
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import ml_collections
 
-from cnnjax.config_values import check_choice, check_fraction
+from cnnjax.config_values import check_fraction
 from cnnjax.models import registry
-from cnnjax.models.layers import NORMALIZATIONS, get_activation
+from cnnjax.models.layers import check_normalization, get_activation
 
 
 def validate_model_config(config: ml_collections.ConfigDict) -> None:
@@ -15,5 +15,5 @@ def validate_model_config(config: ml_collections.ConfigDict) -> None:
     model = config.model
     registry.get_spec(model.name)
     get_activation(model.activation)
-    check_choice("normalization", model.normalization, NORMALIZATIONS)
+    check_normalization(model.normalization)
     check_fraction(model.dropout_rate, "model.dropout_rate")

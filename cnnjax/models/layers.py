@@ -33,6 +33,9 @@ ACTIVATIONS: dict[str, Activation] = {
 }
 
 NORMALIZATIONS = ("none", "batch", "layer", "instance", "group")
+# "group:<G>": group norm with G groups instead of Normalization.num_groups (32), which narrow
+# nets reduce to one channel per group, i.e. to instance norm (LeNet-5, ResNet-20's first stages).
+GROUP_PREFIX = "group:"
 # Variance as mean((x - mean)^2), not Flax's default mean(x^2) - mean^2, which cancels in float32
 # when a group's mean is large next to its spread (ResNet-20 with group norm on 16x16 inputs:
 # gradient 0.7% from float64 -> 1.4e-6), for one more pass over the activations.
@@ -149,12 +152,33 @@ def with_plain_forms(model: nn.Module) -> nn.Module:
     return model.clone(layer_options=options.plain())
 
 
+def check_normalization(name: str) -> None:
+    """One line for a normalization that is neither in NORMALIZATIONS nor "group:<G>", G >= 1."""
+    if name.startswith(GROUP_PREFIX):
+        groups = name.removeprefix(GROUP_PREFIX)
+        if not (groups.isdigit() and int(groups) >= 1):
+            raise UserError(
+                f"normalization {name!r}: give a whole number of groups >= 1, e.g. group:4"
+            )
+        return
+    check_choice("normalization", name, (*NORMALIZATIONS, f"{GROUP_PREFIX}<G>"))
+
+
+def _group_count(kind: str, default: int, channels: int) -> int:
+    """The groups of a "group" / "group:<G>" norm over `channels`: G (or `default`) reduced to
+    a divisor of `channels`, so that narrow layers (LeNet's 6 channels) still work."""
+    wanted = int(kind.removeprefix(GROUP_PREFIX)) if kind.startswith(GROUP_PREFIX) else default
+    return max(g for g in range(1, min(wanted, channels) + 1) if channels % g == 0)
+
+
 class Normalization(nn.Module):
     """Normalization by name over NHWC (or [B, F]) features.
 
     `batch` keeps running statistics in the `batch_stats` collection (momentum 0.9 as in the Flax
-    ImageNet example); `group` uses `num_groups` groups, reduced to a divisor of the channel count
-    so that narrow layers (e.g. LeNet's 6 channels) still work; `instance` is group norm with one
+    ImageNet example); `group` uses `num_groups` groups and `group:<G>` G groups, reduced to a
+    divisor of the channel count so that narrow layers (e.g. LeNet's 6 channels) still work
+    (with 32 groups, layers of 32 channels or fewer are instance norm); `instance` is group
+    norm with one
     channel per group. On [B, F] features (dense layers) instance norm has no spatial axes to
     normalize over, so there it is the identity. `epsilon` is added to the variance by every
     kind (PyTorch's default 1e-5; torchvision's GoogLeNet and Inception v3 use 1e-3).
@@ -168,7 +192,7 @@ class Normalization(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        check_choice("normalization", self.kind, NORMALIZATIONS)
+        check_normalization(self.kind)
         if self.kind == "none":
             return x
         scale_init = (
@@ -193,7 +217,7 @@ class Normalization(nn.Module):
             return nn.GroupNorm(
                 num_groups=None, group_size=1, scale_init=scale_init, **group_options
             )(x)
-        groups = max(g for g in range(1, min(self.num_groups, channels) + 1) if channels % g == 0)
+        groups = _group_count(self.kind, self.num_groups, channels)
         return nn.GroupNorm(num_groups=groups, scale_init=scale_init, **group_options)(x)
 
 

@@ -21,10 +21,11 @@ either size. Test accuracy on the full test split after the last epoch; training
   "Budget").
 
 The kinds are cnnjax's (README.md): `layer` normalizes each position over the channels (Flax's
-LayerNorm over the last axis), not over channels and positions as in Wu & He; `group` uses 32
-groups reduced to a divisor of the channel count, which in layers of 32 channels or fewer
-(LeNet-5's 6 and 16 maps, ResNet-20's 16- and 32-channel stages) is one channel per group, i.e.
-instance norm.
+LayerNorm over the last axis), not over channels and positions as in Wu & He; group norm runs
+as `group:4`, 4 groups (3 in LeNet-5's 6-map layer): cnnjax's plain `group` takes 32 groups
+reduced to a divisor of the channel count, which in layers of 32 channels or fewer (LeNet-5's 6
+and 16 maps, ResNet-20's 16- and 32-channel stages) is one channel per group, i.e. instance
+norm.
 
 Arguments (`config.py:key=value,...`): model=lenet5|resnet20, dataset=fashion_mnist|cifar10,
 download (let TFDS download the dataset), train_examples and epochs (0: the model's default
@@ -36,7 +37,7 @@ import ml_collections
 
 from cnnjax.config_base import parse_arg
 
-NORMALIZATIONS = ("none", "batch", "layer", "instance", "group")
+NORMALIZATIONS = ("none", "batch", "layer", "instance", "group:4")
 BATCH_SIZES = (128, 8)
 # Per model: the base recipe, the learning rate at batch 128, weight decay, and the default
 # budget (training examples, 0 = all; epochs). One rate for every normalization, the highest
@@ -116,7 +117,7 @@ def get_config(arg: str | None = None):
         sweep.overrides["data"]["eval_split"] = "test[:128]"
         sweep.overrides["train"] = {"epochs": 1, "eval_every_epochs": 1, "steps": 4}
         sweep.axes = [
-            {"model.normalization": ("group",)},
+            {"model.normalization": ("group:4",)},
             batch_factor((8,), rate, images_per_log=16),
         ]
         sweep.seeds = (0,)
