@@ -33,10 +33,12 @@ RECIPE = os.path.join(ROOT, "configs", "lenet5_fashion_mnist.py")
 # idling while the other runs a long file it took last. Order only: a file missing here runs
 # after these, a stale entry costs only speed.
 LONGEST_FILES_FIRST = (
+    "test_experiment_smokes.py",
     "test_families.py",
     "test_parallel.py",
     "test_tasks.py",
     "test_sweep_run.py",
+    "test_sweep_inline.py",
     "test_distributed.py",
     "test_fast_paths.py",
     "test_gradcheck.py",
