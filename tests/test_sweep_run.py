@@ -192,6 +192,9 @@ def test_killed_sweep_resumes_without_rerunning_finished_runs(tmp_path, data_dir
         assert os.path.getsize(os.path.join(sweep_dir, "report", name)) > 10_000
 
 
+# Three processes (11 s): the worker's failure record is checked alone in
+# test_sweep_worker_signals.py, an inline sweep going on past a failure in test_sweep_inline.py.
+@pytest.mark.slow
 def test_failing_run_does_not_stop_the_sweep_and_is_reported(tmp_path, data_dir):
     config = tmp_path / "sweep.py"
     config.write_text(

@@ -138,3 +138,24 @@ def test_a_run_killed_by_the_signal_before_it_saves_is_interrupted_too(tmp_path)
         -15,
         "interrupted by SIGTERM (status 143)",
     )
+
+
+def test_a_failing_run_is_recorded_failed_with_its_last_error_line(tmp_path):
+    """What `cnnjax sweep` reports for a run whose `cnnjax train` exits with a one-line error
+    (the whole sweep around it: test_sweep_run.py's slow failing-run test)."""
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    error = "cnnjax train: error: the training split has 512 examples, fewer than one batch"
+    fail = f"import sys; print('noise'); print({error!r}, file=sys.stderr); sys.exit(2)"
+    worker = subprocess.run(
+        [sys.executable, "-m", "cnnjax.sweep.worker", str(workdir), "--", sys.executable]
+        + ["-c", fail],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert worker.returncode == 2
+    state, status = run_status.run_state(str(workdir))
+    assert (state, status["attempts"], status["returncode"]) == ("failed", 1, 2)
+    assert status["error"] == error
