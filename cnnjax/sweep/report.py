@@ -26,6 +26,9 @@ PARTIAL at the top. CPU runs on different numbers of threads get a warning at th
                 evaluated once and cached in its workdir (cnnjax/sweep/report_invariance.py);
                 metrics test_accuracy_shift_0, ..., a table of arms by value and
                 invariance_<kind>.png
+    against     [{x, lines, ...}]: a metric against a numeric factor, one line per level of
+                another (cnnjax/sweep/report_against.py): a table with each line's best and
+                sensitivity, and <metric>_vs_<x>.png
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import os
 from cnnjax.config_loader import format_value
 from cnnjax.errors import UserError
 from cnnjax.metrics import read_metrics
-from cnnjax.sweep import report_invariance, stats
+from cnnjax.sweep import report_against, report_invariance, stats
 from cnnjax.sweep import status as run_status
 from cnnjax.sweep.plan import read_plan_json
 
@@ -108,14 +111,18 @@ def collect(sweep_dir: str) -> dict:
         waiting = (run_status.RUNNING, run_status.PENDING)
         settled = not any(row["state"] in waiting for row in rows)
         report_invariance.add_metrics(rows, invariance, evaluate=settled)
+    factor_keys = {key for run in plan["runs"] for key in run["factors"]}
+    all_metrics = metrics + [t["name"] for t in thresholds]
+    against = report_against.parse_options(options.get("against"), factor_keys, all_metrics)
     return {
         "plan": plan,
         "rows": rows,
         "platforms": platforms,
         "curves": curves,
-        "metrics": metrics + [t["name"] for t in thresholds],
+        "metrics": all_metrics,
         "thresholds": thresholds,
         "invariance": invariance,
+        "against": against,
     }
 
 
@@ -249,6 +256,7 @@ def summary_markdown(collected: dict, summaries: dict, compared: list[dict]) -> 
         lines.append("")
     lines += _pivot(collected, summaries)
     lines += report_invariance.summary_lines(collected, summaries)
+    lines += report_against.summary_lines(collected)
     failed = [r for r in rows if r["state"] == run_status.FAILED]
     if failed:
         lines += ["## Failed runs", "", "| run | error |", "|---|---|"]
@@ -333,6 +341,7 @@ def write_report(sweep_dir: str) -> dict:
                 "warnings": thread_warnings(collected),
                 "arms": {arm: {m: vars(s) for m, s in by.items()} for arm, by in summaries.items()},
                 "comparisons": compared,
+                "against": report_against.summary_json(collected),
             },
             f,
             indent=2,

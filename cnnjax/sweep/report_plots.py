@@ -1,5 +1,6 @@
-"""The report's figures: learning curves per arm with 95% bands, a bar chart per arm, and test
-accuracy against each invariance transform's value per arm."""
+"""The report's figures: learning curves per arm with 95% bands, a bar chart per arm, test
+accuracy against each invariance transform's value per arm, and a metric against a numeric
+factor per level of another (report.against)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections import defaultdict
 
 from matplotlib.figure import Figure  # not pyplot: the process's backend is the user's
 
-from cnnjax.sweep import report_invariance, stats
+from cnnjax.sweep import report_against, report_invariance, stats
 
 # The report's `curves` when the sweep config names none: [split, key] per panel.
 DEFAULT_CURVES = (("test", "accuracy"), ("train", "accuracy"))
@@ -73,7 +74,54 @@ def draw(collected: dict, summaries: dict, out: str, *, partial: bool) -> dict:
     for kind, values in (collected.get("invariance") or {}).items():
         path = os.path.join(out, f"invariance_{kind}.png")
         paths[f"invariance_{kind}"] = _invariance(collected, summaries, kind, values, path, suffix)
+    for entry in collected.get("against") or ():
+        name = report_against.plot_name(entry)
+        paths[name] = _against(collected, entry, os.path.join(out, f"{name}.png"), suffix)
     return paths
+
+
+def _against(collected: dict, entry: dict, path: str, suffix: str) -> str:
+    """The metric against x, one line per `lines` value: the mean over seeds with its 95%
+    interval as error bars, each seed a dot, and each line's best marked with a star."""
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    by_line = report_against.series(collected, entry)
+    for index, (line, points) in enumerate(by_line.items()):
+        shown = [(x, s, values) for x, s, values in points if s.n]
+        if not shown:
+            continue
+        errors = [s.half_width if math.isfinite(s.half_width) else 0.0 for _, s, _ in shown]
+        bars = ax.errorbar(
+            [x for x, _, _ in shown],
+            [s.mean for _, s, _ in shown],
+            yerr=errors,
+            capsize=3,
+            marker="o",
+            markersize=4,
+            linewidth=1.3,
+            linestyle="-" if index < 10 else "--",
+            label=f"{line} (n={max(s.n for _, s, _ in shown)})",
+        )
+        color = bars.lines[0].get_color()
+        for x, _, values in shown:
+            ax.plot([x] * len(values), values, ".", color=color, markersize=3, alpha=0.5)
+        best = report_against.line_summary(points, entry)
+        ax.plot(best["best_x"], best["best_mean"], "*", color=color, markersize=11)
+    if entry["log_x"]:
+        ax.set_xscale("log")
+    xs = sorted({x for points in by_line.values() for x, *_ in points})
+    if len(xs) <= 12:  # the sweep's own values, not the axis's powers of ten
+        ax.set_xticks(xs, [f"{x:g}" for x in xs], minor=False)
+        ax.minorticks_off()
+    ax.set_xlabel(entry["x"])
+    ax.set_ylabel(entry["metric"])
+    ax.grid(alpha=0.3, which="both")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="best", title=entry["lines"], title_fontsize=7)
+    ax.set_title(f"{entry['metric']}: mean and 95% CI over seeds, * best per line{suffix}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
 
 
 def _invariance(collected: dict, summaries: dict, kind: str, values, path: str, suffix: str) -> str:

@@ -81,5 +81,16 @@ def get_config(arg: str | None = None):
     sweep.report = {
         "metrics": ("test_accuracy", "train_accuracy", "test_loss"),
         "curves": [("test", "accuracy"), ("train", "loss")],
+        # The sensitivity picture: accuracy against the rate, one line per optimizer.
+        "against": [
+            {"x": "optimizer.learning_rate", "lines": "optimizer.name", "log_x": True},
+            {
+                "x": "optimizer.learning_rate",
+                "lines": "optimizer.name",
+                "log_x": True,
+                "metric": "test_loss",
+                "best": "min",
+            },
+        ],
     }
     return sweep
