@@ -37,8 +37,13 @@ def draw(collected: dict, summaries: dict, out: str, *, partial: bool) -> dict:
     paths = {"curves": os.path.join(out, "curves.png")}
     fig = Figure(figsize=(5.5 * len(curves), 4))
     axes = fig.subplots(1, len(curves), squeeze=False)
+    arms = collected["plan"]["arms"]
+    # Past the 10 colours of the cycle, dashes and dots tell the arms apart; many arms get one
+    # legend beside the panels instead of one over each.
+    styles = {arm: ("-", "--", ":", "-.")[(i // 10) % 4] for i, arm in enumerate(arms)}
+    side_legend = len(arms) > 8
     for ax, (split, key) in zip(axes[0], curves, strict=True):
-        for arm in collected["plan"]["arms"]:
+        for arm in arms:
             series = [
                 [
                     (r["epoch"], r[key])
@@ -52,7 +57,9 @@ def draw(collected: dict, summaries: dict, out: str, *, partial: bool) -> dict:
             if not series:
                 continue
             epochs, mean, low, high = arm_curve(series)
-            (line,) = ax.plot(epochs, mean, label=f"{arm} (n={len(series)})", linewidth=1.4)
+            (line,) = ax.plot(
+                epochs, mean, styles[arm], label=f"{arm} (n={len(series)})", linewidth=1.4
+            )
             ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
         for threshold in collected["thresholds"]:
             if threshold["split"] == split and threshold["key"] == key:
@@ -61,11 +68,13 @@ def draw(collected: dict, summaries: dict, out: str, *, partial: bool) -> dict:
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"{split} {key}")
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
+        if ax.get_legend_handles_labels()[0] and not side_legend:
             ax.legend(fontsize=7)
     fig.suptitle(f"mean over seeds, 95% band{suffix}")
     fig.tight_layout()
-    fig.savefig(paths["curves"], dpi=120)
+    if side_legend and axes[0][-1].get_legend_handles_labels()[0]:
+        axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.savefig(paths["curves"], dpi=120, bbox_inches="tight")
 
     for metric in collected["metrics"][:1] + [t["name"] for t in collected["thresholds"]]:
         paths[metric] = _bars(
