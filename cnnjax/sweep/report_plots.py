@@ -95,13 +95,16 @@ def _against(collected: dict, entry: dict, path: str, suffix: str) -> str:
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
     by_line = report_against.series(collected, entry)
+    xs = sorted({x for points in by_line.values() for x, *_ in points})
     for index, (line, points) in enumerate(by_line.items()):
         shown = [(x, s, values) for x, s, values in points if s.n]
         if not shown:
             continue
+        # Each line a little to the side of the others, so that error bars at one x stay apart.
+        dodge = _dodge(xs, index - (len(by_line) - 1) / 2, log=entry["log_x"])
         errors = [s.half_width if math.isfinite(s.half_width) else 0.0 for _, s, _ in shown]
         bars = ax.errorbar(
-            [x for x, _, _ in shown],
+            [dodge(x) for x, _, _ in shown],
             [s.mean for _, s, _ in shown],
             yerr=errors,
             capsize=3,
@@ -113,12 +116,11 @@ def _against(collected: dict, entry: dict, path: str, suffix: str) -> str:
         )
         color = bars.lines[0].get_color()
         for x, _, values in shown:
-            ax.plot([x] * len(values), values, ".", color=color, markersize=3, alpha=0.5)
+            ax.plot([dodge(x)] * len(values), values, ".", color=color, markersize=3, alpha=0.5)
         best = report_against.line_summary(points, entry)
-        ax.plot(best["best_x"], best["best_mean"], "*", color=color, markersize=11)
+        ax.plot(dodge(best["best_x"]), best["best_mean"], "*", color=color, markersize=11)
     if entry["log_x"]:
         ax.set_xscale("log")
-    xs = sorted({x for points in by_line.values() for x, *_ in points})
     if len(xs) <= 12:  # the sweep's own values, not the axis's powers of ten
         ax.set_xticks(xs, [f"{x:g}" for x in xs], minor=False)
         ax.minorticks_off()
@@ -167,6 +169,15 @@ def _invariance(collected: dict, summaries: dict, kind: str, values, path: str, 
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return path
+
+
+def _dodge(xs: list[float], offset: float, *, log: bool):
+    """x moved by `offset` hundredths of the axis' span (in log10 units on a log axis)."""
+    if log:
+        span = math.log10(xs[-1] / xs[0]) if len(xs) > 1 else 1.0
+        return lambda x: x * 10 ** (0.01 * offset * span)
+    span = xs[-1] - xs[0] if len(xs) > 1 else 1.0
+    return lambda x: x + 0.01 * offset * span
 
 
 def _bars(collected: dict, summaries: dict, metric: str, path: str, suffix: str) -> str:
