@@ -1,5 +1,5 @@
 """benchmarks/accelerator_check.sh, the one-call GPU check, run whole in its --cpu-smoke mode
-(every part on the CPU at tiny sizes, about 25 CPU seconds): the script is what a GPU user runs,
+(every part on the CPU at tiny sizes, without ResNet-50): the script is what a GPU user runs,
 so the test runs it as a command and reads the numbers of its JSON file."""
 
 import json
@@ -21,7 +21,9 @@ def smoke(tmp_path_factory, data_dir):
     """(JSON results, stdout) of `accelerator_check.sh --cpu-smoke`."""
     output = tmp_path_factory.mktemp("accelerator_check") / "check.json"
     done = subprocess.run(
-        ["bash", SCRIPT, "--cpu-smoke", f"--json={output}"],
+        # ResNet-50 takes ResNet-18's code path in the script and compiles for seconds more
+        # (tests/test_families.py trains it); `--models` is what a GPU user may pass too.
+        ["bash", SCRIPT, "--cpu-smoke", "--models=lenet5,resnet20,resnet18", f"--json={output}"],
         env=dict(os.environ, TFDS_DATA_DIR=data_dir, PYTHON=sys.executable),
         capture_output=True,
         text=True,
@@ -43,7 +45,6 @@ def test_every_model_is_timed_and_compiled(smoke):
         ("lenet5", "bfloat16"),
         ("resnet20", "float32"),
         ("resnet18", "float32"),
-        ("resnet50", "float32"),
     }
     for (model, _), jax_result in measured.items():
         assert "error" not in jax_result, jax_result
