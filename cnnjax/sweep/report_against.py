@@ -25,7 +25,7 @@ import numbers
 
 from cnnjax.config_loader import format_value
 from cnnjax.errors import UserError
-from cnnjax.sweep import stats
+from cnnjax.sweep import report_invariance, stats
 
 ALL = "all runs"  # the one line when an entry names no `lines` factor
 KEYS = ("x", "lines", "metric", "log_x", "best", "tolerance")
@@ -143,7 +143,7 @@ def summary_lines(collected: dict) -> list[str]:
         ]
         for line, points in by_line.items():
             at = {x: s for x, s, _ in points}
-            cells = [_cell(at[x]) if x in at else "" for x in xs]
+            cells = [report_invariance.cell(at[x]) if x in at else "" for x in xs]
             s = line_summary(points, entry)
             if s["best_x"] is None:
                 tail = ["-", "-", "-", "-"]
@@ -172,13 +172,6 @@ def summary_json(collected: dict) -> list[dict]:
         }
         out.append({**entry, "lines_by_value": lines})
     return out
-
-
-def _cell(summary: stats.Summary) -> str:
-    if not summary.n:
-        return "-"
-    half = f" ± {summary.half_width:.4f}" if math.isfinite(summary.half_width) else ""
-    return f"{summary.mean:.4f}{half} ({summary.n})"
 
 
 def plot_name(entry: dict) -> str:

@@ -211,7 +211,7 @@ def summary_lines(collected: dict, summaries: dict) -> list[str]:
             "|---|" + "---|" * len(values),
         ]
         for arm, by_metric in summaries.items():
-            cells = [_cell(by_metric[metric_name(kind, value)]) for value in values]
+            cells = [cell(by_metric[metric_name(kind, value)]) for value in values]
             lines.append(f"| {arm} | " + " | ".join(cells) + " |")
         lines.append("")
     pending = pending_note(collected["rows"], options)
@@ -223,7 +223,8 @@ def summary_lines(collected: dict, summaries: dict) -> list[str]:
     return lines + ([""] if failed else [])
 
 
-def _cell(summary) -> str:
+def cell(summary) -> str:
+    """A table cell: mean ± 95% CI half-width (n); '-' without runs."""
     if not summary.n:
         return "-"
     half = f"{summary.half_width:.4f}" if summary.n > 1 else "-"

@@ -102,19 +102,7 @@ def _against(collected: dict, entry: dict, path: str, suffix: str) -> str:
             continue
         # Each line a little to the side of the others, so that error bars at one x stay apart.
         dodge = _dodge(xs, index - (len(by_line) - 1) / 2, log=entry["log_x"])
-        errors = [s.half_width if math.isfinite(s.half_width) else 0.0 for _, s, _ in shown]
-        bars = ax.errorbar(
-            [dodge(x) for x, _, _ in shown],
-            [s.mean for _, s, _ in shown],
-            yerr=errors,
-            capsize=3,
-            marker="o",
-            markersize=4,
-            linewidth=1.3,
-            linestyle="-" if index < 10 else "--",
-            label=f"{line} (n={max(s.n for _, s, _ in shown)})",
-        )
-        color = bars.lines[0].get_color()
+        color = _mean_line(ax, [(dodge(x), s) for x, s, _ in shown], index, line)
         for x, _, values in shown:
             ax.plot([dodge(x)] * len(values), values, ".", color=color, markersize=3, alpha=0.5)
         best = report_against.line_summary(points, entry)
@@ -145,19 +133,7 @@ def _invariance(collected: dict, summaries: dict, kind: str, values, path: str, 
         shown = [(v, c) for v, c in zip(values, cells, strict=True) if c.n]
         if not shown:
             continue
-        errors = [c.half_width if math.isfinite(c.half_width) else 0.0 for _, c in shown]
-        ax.errorbar(
-            [v for v, _ in shown],
-            [c.mean for _, c in shown],
-            yerr=errors,
-            capsize=3,
-            marker="o",
-            markersize=4,
-            linewidth=1.3,
-            # Past the 10 colours of the cycle, dashes tell the arms apart.
-            linestyle="-" if index < 10 else "--",
-            label=f"{arm} (n={max(c.n for _, c in shown)})",
-        )
+        _mean_line(ax, shown, index, arm)
     note = " (mean of 4 directions)" if kind == "shift" else ""
     ax.set_xlabel(f"{kind} ({report_invariance.UNITS[kind]}){note}")
     ax.set_ylabel("test accuracy")
@@ -169,6 +145,25 @@ def _invariance(collected: dict, summaries: dict, kind: str, values, path: str, 
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return path
+
+
+def _mean_line(ax, points: list, index: int, label: str) -> str:
+    """One line of (x, Summary) points: the means with their 95% intervals as error bars;
+    returns its colour."""
+    errors = [s.half_width if math.isfinite(s.half_width) else 0.0 for _, s in points]
+    bars = ax.errorbar(
+        [x for x, _ in points],
+        [s.mean for _, s in points],
+        yerr=errors,
+        capsize=3,
+        marker="o",
+        markersize=4,
+        linewidth=1.3,
+        # Past the 10 colours of the cycle, dashes tell the lines apart.
+        linestyle="-" if index < 10 else "--",
+        label=f"{label} (n={max(s.n for _, s in points)})",
+    )
+    return bars.lines[0].get_color()
 
 
 def _dodge(xs: list[float], offset: float, *, log: bool):
